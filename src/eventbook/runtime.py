@@ -1,0 +1,182 @@
+"""A running book: its broker connection, its consumers, publishing and request/reply."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pydantic_core import to_jsonable_python
+
+from . import ids
+from .delivery import Dispatcher
+from .envelope import Envelope, encode
+from .errors import (
+    ConfigurationError,
+    PayloadTooLargeError,
+    RequestFailedError,
+    RequestTimeoutError,
+)
+from .retry import RetryPolicy
+from .service import Handler
+from .topic import Topic
+
+if TYPE_CHECKING:
+    from .book import EventBook
+    from .brokers.base import Broker
+    from .observe import Observer
+    from .service import Service
+
+log = logging.getLogger("eventbook")
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+
+class Runtime:
+    """Everything that exists only while a book runs; built by `EventBook.start`."""
+
+    def __init__(
+        self,
+        book: EventBook,
+        broker: Broker,
+        services: list[Service],
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        self.book = book
+        self.broker = broker
+        self.services = services
+        self.max_payload = max_payload
+        self.observers: list[Observer] = book._observers
+        self.loop = asyncio.get_running_loop()
+        self.handlers: list[Handler] = []
+        # Answers to this process's requests come back on a topic of its own.
+        self._reply_topic: Topic[Any] = Topic(book, f"_reply.{ids.new_id()}", Any)
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+
+    async def open(self) -> None:
+        await self.broker.connect()
+        replies = Handler(
+            "_replies",
+            self._reply_topic.name,
+            self._reply_topic,
+            self._on_reply,
+            RetryPolicy(retries=0),
+            True,
+        )
+        await self.broker.consume(replies, Dispatcher(replies, self))
+        for service in self.services:
+            for handler in service.handlers():
+                await self.broker.consume(handler, Dispatcher(handler, self))
+                self.handlers.append(handler)
+
+    async def close(self, drain_timeout: float) -> None:
+        try:
+            await self.broker.drain(drain_timeout)
+        finally:
+            for waiter in self._waiting.values():
+                waiter.cancel()
+            await self.broker.close()
+
+    def wrap(
+        self,
+        topic: Topic[Any],
+        payload: Any,
+        source: str | None,
+        parent: Envelope | None,
+        replyto: str | None = None,
+    ) -> tuple[Envelope, bytes | None]:
+        """Validate `payload`; return its new envelope, and its bytes if the broker wants them.
+
+        Raises:
+            PayloadError: the payload does not match the topic's type.
+            PayloadTooLargeError: the encoded event is over the payload limit.
+        """
+        if topic.book is not self.book:
+            raise ConfigurationError(
+                f"topic {topic.name!r} belongs to book {topic.book.name!r}, not {self.book.name!r}"
+            )
+        envelope = Envelope(
+            topic.name, topic.payload.validate(payload), source or self.book.source, parent
+        )
+        if replyto is not None:
+            envelope.replyto = replyto
+        if not self.broker.encodes:
+            return envelope, None
+        return envelope, self.encode(topic, envelope)
+
+    def encode(self, topic: Topic[Any], envelope: Envelope) -> bytes:
+        body = encode(envelope, topic.payload.adapter.dump_json(envelope.data))
+        if len(body) > self.max_payload:
+            raise PayloadTooLargeError(
+                f"event on topic {topic.name!r} is {len(body)} bytes, over the "
+                f"{self.max_payload}-byte limit: send a reference to the data instead"
+            )
+        return body
+
+    async def publish(
+        self, topic: Topic[Any], payload: Any, source: str | None, parent: Envelope | None
+    ) -> Envelope:
+        """Validate, wrap and publish `payload`; return once the broker accepted it."""
+        envelope, body = self.wrap(topic, payload, source, parent)
+        if self.observers:
+            self.notify_publishing(envelope)
+        await self.broker.publish(envelope, body)
+        return envelope
+
+    def notify_publishing(self, envelope: Envelope) -> None:
+        for observer in self.observers:
+            observer.publishing(envelope)
+
+    async def request(
+        self,
+        topic: Topic[Any],
+        payload: Any,
+        timeout: float,
+        source: str | None,
+        parent: Envelope | None,
+    ) -> Any:
+        envelope, body = self.wrap(topic, payload, source, parent, self._reply_topic.name)
+        # Registered before publishing: an in-process broker answers before publish() returns.
+        waiter: asyncio.Future[Any] = self.loop.create_future()
+        self._waiting[envelope.id] = waiter
+        if self.observers:
+            self.notify_publishing(envelope)
+        try:
+            await self.broker.publish(envelope, body)
+            answer = await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"no reply to the request on topic {topic.name!r} within {timeout:g}s: "
+                "is a service that subscribes to it running?"
+            ) from None
+        finally:
+            self._waiting.pop(envelope.id, None)
+        if not answer.get("ok"):
+            raise RequestFailedError(
+                f"the handler of topic {topic.name!r} failed: {answer.get('error')}"
+            )
+        result = answer.get("result")
+        if topic.reply_payload is not None:
+            return topic.reply_payload.validate(result)
+        return result
+
+    async def reply(self, request: Envelope, result: Any, error: str | None) -> None:
+        """Answer `request` with a handler's result, or with the error that ended it."""
+        answer: dict[str, Any] = {"ok": error is None}
+        if error is None:
+            answer["result"] = to_jsonable_python(result)
+        else:
+            answer["error"] = error
+        topic = Topic(self.book, request.replyto or "", Any)
+        envelope, body = self.wrap(topic, answer, None, request)
+        await self.broker.publish(envelope, body)
+
+    async def _on_reply(self, answer: Any) -> None:
+        from .context import current_event
+
+        envelope = current_event()
+        if envelope is None or envelope.causationid is None:
+            return
+        waiter = self._waiting.get(envelope.causationid)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
