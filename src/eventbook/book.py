@@ -225,10 +225,15 @@ class EventBook:
         """
         runtime = self._running()
         self._check_not_on_loop(runtime, "emit()", "await book.publish(...)")
-        future = asyncio.run_coroutine_threadsafe(
-            runtime.publish(topic, payload, source, _current.get()), runtime.loop
-        )
-        return future.result()
+        envelope, body = runtime.wrap(topic, payload, source, _current.get())
+        if runtime.observers:
+            runtime.notify_publishing(envelope)
+        if runtime.publish_here is not None and runtime.publish_here(envelope):
+            return envelope
+        asyncio.run_coroutine_threadsafe(
+            runtime.broker.publish(envelope, body), runtime.loop
+        ).result()
+        return envelope
 
     async def request(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
@@ -52,6 +53,8 @@ class Runtime:
         # Answers to this process's requests come back on a topic of its own.
         self._reply_topic: Topic[Any] = Topic(book, f"_reply.{ids.new_id()}", Any)
         self._waiting: dict[str, asyncio.Future[Any]] = {}
+        # An in-process broker may deliver in a sync publisher's own thread.
+        self.publish_here: Callable[[Envelope], bool] | None = getattr(broker, "publish_here", None)
 
     async def open(self) -> None:
         await self.broker.connect()
@@ -61,7 +64,6 @@ class Runtime:
             self._reply_topic,
             self._on_reply,
             RetryPolicy(retries=0),
-            True,
         )
         await self.broker.consume(replies, Dispatcher(replies, self))
         for service in self.services:

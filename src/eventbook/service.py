@@ -17,6 +17,7 @@ SUBS_ATTR = "__eventbook_subs__"
 PUBS_ATTR = "__eventbook_pubs__"
 
 AsyncCall = Callable[[Any], Awaitable[Any]]
+SyncCall = Callable[[Any], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,8 @@ class Handler:
     topic: Topic[Any]
     call: AsyncCall
     policy: RetryPolicy
-    is_async: bool
+    #: The handler itself when it is a plain `def`, callable off the event loop.
+    sync_call: SyncCall | None = None
 
 
 def is_method(fn: Callable[..., Any]) -> bool:
@@ -109,32 +111,28 @@ def _name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or repr(tp)
 
 
-def as_async(fn: Callable[..., Any], takes_payload: bool) -> tuple[AsyncCall, bool]:
-    """Return an async callable of the payload for `fn`, and whether `fn` itself is async.
+def callables(fn: Callable[..., Any], takes_payload: bool) -> tuple[AsyncCall, SyncCall | None]:
+    """Return how to call `fn` with a payload: from the event loop, and directly if it is sync.
 
-    A sync handler runs in a worker thread, so it never blocks the event loop; the
-    thread sees the same context (correlation of the event being handled).
+    From the loop, a sync handler runs in a worker thread, so it never blocks the
+    event loop; the thread sees the same context (the event being handled). A
+    caller already off the loop (a sync publisher) may call it directly.
     """
     if inspect.iscoroutinefunction(fn):
         if takes_payload:
-            return fn, True
+            return fn, None
 
         async def call_async_without_payload(payload: Any) -> Any:
             return await fn()
 
-        return call_async_without_payload, True
+        return call_async_without_payload, None
 
-    if takes_payload:
+    sync_call: SyncCall = fn if takes_payload else (lambda payload: fn())
 
-        async def call_in_thread(payload: Any) -> Any:
-            return await asyncio.to_thread(fn, payload)
+    async def call_in_thread(payload: Any) -> Any:
+        return await asyncio.to_thread(sync_call, payload)
 
-    else:
-
-        async def call_in_thread(payload: Any) -> Any:
-            return await asyncio.to_thread(fn)
-
-    return call_in_thread, False
+    return call_in_thread, sync_call
 
 
 class Service:
@@ -206,7 +204,7 @@ class Service:
         for attr, sub in self.subscriptions:
             fn = self._function or getattr(self.instance, attr)
             takes_payload = check_handler(fn, sub.topic, method=False)
-            call, is_async = as_async(fn, takes_payload)
+            call, sync_call = callables(fn, takes_payload)
             name = attr if self._function else f"{self.name}.{attr}"
-            bound.append(Handler(self.name, name, sub.topic, call, sub.policy, is_async))
+            bound.append(Handler(self.name, name, sub.topic, call, sub.policy, sync_call))
         return bound

@@ -87,3 +87,7 @@ class Broker(Protocol):
 
     async def purge(self, ids: Sequence[str] | None = None) -> int:
         """Delete dead letters (all, or those with these ids); return how many."""
+
+    # Optional, for in-process brokers only:
+    #   def publish_here(self, envelope: Envelope) -> bool
+    # delivers in the calling (non-loop) thread when it can, else returns False.

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from pydantic_core import to_json
 
-from ..delivery import Dispatcher, Verdict, fan_out
+from ..delivery import Dispatcher, Verdict, fan_out, fan_out_here
 from ..envelope import Envelope, encode
 from ..service import Handler
 from .base import DeadLetter, Deliver
@@ -52,17 +52,36 @@ class MemoryBroker:
         self._in_flight = 0  # retries scheduled and not yet settled
         self._idle: asyncio.Event | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def connect(self) -> None:
         self._routes.clear()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._loop = asyncio.get_running_loop()
 
     async def publish(self, envelope: Envelope, body: bytes | None) -> None:
         dispatchers = self._routes.get(envelope.type)
         if dispatchers:
             for dispatcher, verdict in await fan_out(envelope, dispatchers):
                 self._settle(dispatcher, envelope, 1, verdict)
+
+    def publish_here(self, envelope: Envelope) -> bool:
+        """Deliver now, in this (non-loop) thread, if every handler is sync; else return False.
+
+        Lets a sync publisher (`book.emit`) call sync handlers directly, as the seed
+        does, instead of hopping to the event loop and back to worker threads.
+        """
+        dispatchers = self._routes.get(envelope.type)
+        if not dispatchers:
+            return True
+        unsettled = fan_out_here(envelope, dispatchers)
+        if unsettled is None:
+            return False
+        assert self._loop is not None
+        for dispatcher, verdict in unsettled:
+            self._loop.call_soon_threadsafe(self._settle, dispatcher, envelope, 1, verdict)
+        return True
 
     async def consume(self, handler: Handler, deliver: Deliver) -> None:
         if not isinstance(deliver, Dispatcher):

@@ -1,0 +1,63 @@
+"""Helpers for testing code built on eventbook (the broker contract suite joins them later).
+
+Wait on conditions with a deadline instead of sleeping: these machines are shared
+and their timing is noisy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from .envelope import Envelope
+from .observe import Observer
+from .service import Handler
+
+
+async def eventually(
+    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.005
+) -> None:
+    """Return as soon as `condition()` is true; fail after `timeout` seconds.
+
+    Raises:
+        AssertionError: the condition was still false at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition still false after {timeout:g}s")
+        await asyncio.sleep(interval)
+
+
+class Recorder(Observer):
+    """An observer that keeps what it saw, for assertions."""
+
+    def __init__(self) -> None:
+        self.published: list[Envelope] = []
+        self.deliveries: list[tuple[str, Envelope, int]] = []
+        self.failures: list[tuple[str, int, str, float | None]] = []
+        self.rejections: list[tuple[str, str, str]] = []
+
+    def publishing(self, envelope: Envelope) -> None:
+        self.published.append(envelope)
+
+    def handled(self, handler: Handler, envelope: Envelope, attempt: int) -> None:
+        self.deliveries.append((handler.name, envelope, attempt))
+
+    def handled_by(self, handler_name: str) -> list[Envelope]:
+        """Envelopes handled by the handler with this name, in order."""
+        return [env for name, env, _ in self.deliveries if name == handler_name]
+
+    def failed(
+        self,
+        handler: Handler,
+        envelope: Envelope,
+        attempt: int,
+        error: BaseException,
+        retry_in: float | None,
+    ) -> None:
+        self.failures.append((handler.name, attempt, repr(error), retry_in))
+
+    def rejected(self, handler: Handler, reason: str, error: str) -> None:
+        self.rejections.append((handler.name, reason, error))

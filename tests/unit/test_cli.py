@@ -1,0 +1,68 @@
+"""The command line: the demo, and one clear line (no traceback) for a user's mistake."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def eventbook(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventbook", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "100", **env},
+        timeout=120,
+    )
+
+
+def test_demo_prints_the_signup_in_both_styles_with_every_service_named(tmp_path: Path) -> None:
+    result = eventbook("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    choreography, orchestration = out.split("orchestration")
+    for part in (choreography, orchestration):
+        assert "Service Name: BankService, Customer Name: SELO" in part
+        assert "Service Name: MailService, To: rochan87@gmail.com" in part
+        assert "Service Name: PostService, Address: Seoul, Korea" in part
+    assert "CustomerService published customer.signup" in choreography
+    assert "MailService.send handled customer.update" in choreography
+    assert "CustomerService requested bank.open_account" in orchestration
+    assert "signed up SELO: ACC-0001" in orchestration
+
+
+def test_demo_runs_one_style() -> None:
+    result = eventbook("demo", "--style", "choreography")
+    assert result.returncode == 0, result.stderr
+    assert "orchestration" not in result.stdout
+    assert "BankService.create_account handled customer.signup" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "nosuchmodule:book"], "cannot import 'nosuchmodule'"),
+        (["run", "justaname"], "expected MODULE:ATTRIBUTE"),
+        (["run", "eventbook:__version__"], "is not an EventBook"),
+        (["demo", "--broker", "kafka://u:hunter2@h"], "supported schemes are"),
+    ],
+)
+def test_a_cli_mistake_prints_one_clear_line(args: list[str], message: str) -> None:
+    result = eventbook(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "hunter2" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_bad_option_is_a_usage_error_not_a_traceback() -> None:
+    result = eventbook("demo", "--style", "ballet")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "ballet" in result.stderr
