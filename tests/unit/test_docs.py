@@ -1,5 +1,6 @@
 """Documentation cannot rot: every README code block and every example is run."""
 
+import ast
 import os
 import re
 import subprocess
@@ -60,7 +61,7 @@ def test_orchestration_example_calls_each_service_in_turn(tmp_path: Path) -> Non
 def test_docs_python_blocks_compile(page: Path) -> None:
     for lang, code in BLOCK.findall(page.read_text()):
         if lang == "python":
-            compile(code, str(page), "exec")
+            compile(code, str(page), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
 def test_every_example_is_tested() -> None:
