@@ -66,3 +66,44 @@ def test_bad_option_is_a_usage_error_not_a_traceback() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "ballet" in result.stderr
+
+
+APP = """
+import eventbook as eb
+
+class Ping(eb.Event):
+    n: int
+
+book = eb.EventBook("app")
+PING = book.topic("ping", Ping)
+
+@eb.sub(PING)
+def pong(ping: Ping) -> None: ...
+"""
+
+
+def test_run_serves_until_sigterm_then_exits_0(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    (tmp_path / "app.py").write_text(APP)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventbook", "run", "app:book", "--broker", "memory://"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "started on memory://" in line or not line:
+            break
+    assert any("app: started on memory://" in line for line in lines), lines
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "app: stopped" in out
