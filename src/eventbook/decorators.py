@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .errors import ConfigurationError
 from .retry import Backoff, RetryPolicy
 from .service import PUBS_ATTR, SUBS_ATTR, Subscription, check_handler, is_method, owner_name
 from .topic import Topic
@@ -56,7 +57,11 @@ def pub(topic: Topic[Any]) -> Callable[[F], F]:
 
 
 def sub(
-    topic: Topic[Any], *, retries: int = 3, backoff: Backoff | float | None = None
+    topic: Topic[Any],
+    *,
+    retries: int = 3,
+    backoff: Backoff | float | None = None,
+    concurrency: int = 1,
 ) -> Callable[[F], F]:
     """Call the decorated function with every event of `topic`.
 
@@ -69,12 +74,16 @@ def sub(
         retries: how many more times a failing call is tried before the event is
             dead-lettered.
         backoff: the wait between tries: a `Backoff`, or its initial seconds.
+        concurrency: how many of this handler's events one process handles at
+            once; with 1 (the default), a topic's events are handled in order.
 
     Raises:
         HandlerSignatureError: the function's parameter type does not accept the
             topic's type, or it needs more than the payload.
     """
-    subscription = Subscription(topic, RetryPolicy.of(retries, backoff))
+    if concurrency < 1:
+        raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
+    subscription = Subscription(topic, RetryPolicy.of(retries, backoff), concurrency)
 
     def decorate(fn: F) -> F:
         method = is_method(fn)

@@ -66,6 +66,9 @@ class Runtime:
             RetryPolicy(retries=0),
         )
         await self.broker.consume(replies, Dispatcher(replies, self))
+        for service in self.book.services.values():
+            for group, topic in service.groups:
+                await self.broker.declare(group, topic)
         for service in self.services:
             for handler in service.handlers():
                 await self.broker.consume(handler, Dispatcher(handler, self))

@@ -26,6 +26,7 @@ class Subscription:
 
     topic: Topic[Any]
     policy: RetryPolicy
+    concurrency: int = 1
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class Handler:
     policy: RetryPolicy
     #: The handler itself when it is a plain `def`, callable off the event loop.
     sync_call: SyncCall | None = None
+    concurrency: int = 1
 
 
 def is_method(fn: Callable[..., Any]) -> bool:
@@ -166,6 +168,15 @@ class Service:
         """Record one more subscription of a function service."""
         self._members.setdefault(attr, []).append(subscription)
 
+    def handler_name(self, attr: str) -> str:
+        """The name of a handler, which is also its consumer group on the broker."""
+        return attr if self._function else f"{self.name}.{attr}"
+
+    @property
+    def groups(self) -> list[tuple[str, str]]:
+        """(consumer group, topic name) of every handler, known without building the service."""
+        return [(self.handler_name(attr), sub.topic.name) for attr, sub in self.subscriptions]
+
     @property
     def subscriptions(self) -> list[tuple[str, Subscription]]:
         """(handler name, subscription) pairs, in declaration order."""
@@ -205,6 +216,15 @@ class Service:
             fn = self._function or getattr(self.instance, attr)
             takes_payload = check_handler(fn, sub.topic, method=False)
             call, sync_call = callables(fn, takes_payload)
-            name = attr if self._function else f"{self.name}.{attr}"
-            bound.append(Handler(self.name, name, sub.topic, call, sub.policy, sync_call))
+            bound.append(
+                Handler(
+                    self.name,
+                    self.handler_name(attr),
+                    sub.topic,
+                    call,
+                    sub.policy,
+                    sync_call,
+                    sub.concurrency,
+                )
+            )
         return bound

@@ -13,6 +13,7 @@ __all__ = ["Broker", "DeadLetter", "Deliver", "Message", "from_url", "schemes"]
 # scheme -> (module, class, pip extra that brings its driver)
 _ADAPTERS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("eventbook.brokers.memory", "MemoryBroker", None),
+    "sqlite": ("eventbook.brokers.sqlite", "SqliteBroker", None),
 }
 
 

@@ -67,6 +67,13 @@ class Broker(Protocol):
     async def connect(self) -> None:
         """Connect, and create what the book's channels need."""
 
+    async def declare(self, group: str, topic: str) -> None:
+        """Make sure consumer group `group` exists on `topic`.
+
+        Called at start for every handler of the book, also those run by other
+        processes, so that events published from then on wait for each of them.
+        """
+
     async def publish(self, envelope: Envelope, body: bytes | None) -> None:
         """Return once the broker has durably accepted the event."""
 

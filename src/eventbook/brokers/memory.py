@@ -60,6 +60,9 @@ class MemoryBroker:
         self._idle.set()
         self._loop = asyncio.get_running_loop()
 
+    async def declare(self, group: str, topic: str) -> None:
+        pass  # nothing outlives the process: only handlers running here matter
+
     async def publish(self, envelope: Envelope, body: bytes | None) -> None:
         dispatchers = self._routes.get(envelope.type)
         if dispatchers:
