@@ -275,9 +275,11 @@ class EventBook:
     def _broker(self) -> Broker:
         if self._runtime is not None:
             return self._runtime.broker
-        if self._last_broker is not None:
-            return self._last_broker
-        raise NotRunningError(f"book {self.name!r} has not been started")
+        if self._last_broker is not None and not self._last_broker.encodes:
+            return self._last_broker  # an in-process broker's state outlives its run
+        raise NotRunningError(
+            f"book {self.name!r} is not running: start it, or use `eventbook dlq` on its broker"
+        )
 
     async def dead_letters(self) -> list[DeadLetter]:
         """Return the dead letters of the running (or last run's) broker, oldest first."""

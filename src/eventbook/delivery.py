@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .context import _current
 from .envelope import decode
@@ -22,6 +22,7 @@ from .errors import DecodeError, PayloadError
 if TYPE_CHECKING:
     from .brokers.base import Message
     from .envelope import Envelope
+    from .observe import Observer
     from .runtime import Runtime
     from .service import Handler
 
@@ -94,6 +95,7 @@ class Dispatcher:
             payload = self._validate(envelope.data)
         except PayloadError as exc:
             return self._reject(INVALID, str(exc))
+        envelope.data = payload  # observers and current_event() see the typed payload
 
         token = _current.set(envelope)
         try:
@@ -106,8 +108,7 @@ class Dispatcher:
         if envelope.replyto is not None:
             await self.runtime.reply(envelope, result, None)
         if self._observers:
-            for observer in self._observers:
-                observer.handled(self.handler, envelope, attempt)
+            notify(self._observers, "handled", self.handler, envelope, attempt)
         return None
 
     async def _failed(self, envelope: Envelope, attempt: int, exc: Exception) -> Verdict:
@@ -135,14 +136,12 @@ class Dispatcher:
         else:
             log.error("%s failed on its last try (%d); dead-lettered", handler.name, attempt)
             verdict = Verdict(reason=FAILED, error=describe(exc))
-        for observer in self._observers:
-            observer.failed(handler, envelope, attempt, exc, verdict.retry_in)
+        notify(self._observers, "failed", handler, envelope, attempt, exc, verdict.retry_in)
         return verdict
 
     def _reject(self, reason: str, error: str) -> Verdict:
         log.error("%s: event dead-lettered as %s: %s", self.handler.name, reason, error)
-        for observer in self._observers:
-            observer.rejected(self.handler, reason, error)
+        notify(self._observers, "rejected", self.handler, reason, error)
         return Verdict(reason=reason, error=error)
 
 
@@ -176,8 +175,7 @@ async def fan_out(
             if replying:
                 await dispatcher.runtime.reply(envelope, result, None)
             if observers:
-                for observer in observers:
-                    observer.handled(dispatcher.handler, envelope, attempt)
+                notify(observers, "handled", dispatcher.handler, envelope, attempt)
     finally:
         _current.reset(token)
     return unsettled
@@ -212,11 +210,19 @@ def fan_out_here(
                 unsettled.append((dispatcher, dispatcher._verdict(envelope, 1, exc)))
                 continue
             if observers:
-                for observer in observers:
-                    observer.handled(dispatcher.handler, envelope, 1)
+                notify(observers, "handled", dispatcher.handler, envelope, 1)
     finally:
         _current.reset(token)
     return unsettled
+
+
+def notify(observers: Sequence[Observer], hook: str, *args: Any) -> None:
+    """Call `hook` on every observer; one that raises is logged, never lets delivery fail."""
+    for observer in observers:
+        try:
+            getattr(observer, hook)(*args)
+        except Exception:
+            log.exception("observer %r failed in %s()", observer, hook)
 
 
 _OWN_FILES = str(Path(__file__).parent)

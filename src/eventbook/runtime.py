@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic_core import to_jsonable_python
 
 from . import ids
-from .delivery import Dispatcher
+from .delivery import Dispatcher, notify
 from .envelope import Envelope, encode
 from .errors import (
     ConfigurationError,
@@ -129,8 +129,7 @@ class Runtime:
         return envelope
 
     def notify_publishing(self, envelope: Envelope) -> None:
-        for observer in self.observers:
-            observer.publishing(envelope)
+        notify(self.observers, "publishing", envelope)
 
     async def request(
         self,

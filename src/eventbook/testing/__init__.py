@@ -1,4 +1,4 @@
-"""Helpers for testing code built on eventbook (the broker contract suite joins them later).
+"""Helpers for testing code built on eventbook; the broker contract suite is in `.contract`.
 
 Wait on conditions with a deadline instead of sleeping: these machines are shared
 and their timing is noisy.
@@ -7,24 +7,30 @@ and their timing is noisy.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from .envelope import Envelope
-from .observe import Observer
-from .service import Handler
+from ..envelope import Envelope
+from ..observe import Observer
+from ..service import Handler
 
 
 async def eventually(
-    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.005
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, interval: float = 0.005
 ) -> None:
-    """Return as soon as `condition()` is true; fail after `timeout` seconds.
+    """Return as soon as `condition()` (sync or async) is true; fail after `timeout` seconds.
 
     Raises:
         AssertionError: the condition was still false at the deadline.
     """
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition still false after {timeout:g}s")
         await asyncio.sleep(interval)

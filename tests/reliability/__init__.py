@@ -1,0 +1,1 @@
+"""Reliability tests: real processes, real signals, one real SQLite file."""
