@@ -168,6 +168,9 @@ class EventBook:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
+    def _selected_names(self, names: Sequence[str] | None) -> list[str]:
+        return [service.name for service in self._select(names)]
+
     def _select(self, names: Sequence[str] | None) -> list[Service]:
         if names is None:
             return list(self.services.values())

@@ -5,17 +5,26 @@ A user's mistake prints one clear line and exits 2; it never shows a traceback.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import enum
 import importlib
+import json
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
+from . import brokers
 from .book import EventBook
+from .brokers.base import Broker, DeadLetter
 from .errors import ConfigurationError, EventbookError
 
 app = typer.Typer(
@@ -28,8 +37,9 @@ app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 
-#: The CLI's default broker when neither --broker nor EVENTBOOK_BROKER is given.
-CLI_DEFAULT_BROKER = "memory://"
+#: The CLI's default broker when neither --broker nor EVENTBOOK_BROKER is given: a
+#: durable file in the working folder, so that `run` and `demo` lose nothing.
+CLI_DEFAULT_BROKER = "sqlite:///eventbook.db"
 
 BrokerOption = Annotated[
     str | None,
@@ -97,6 +107,137 @@ def run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     book = load_book(target)
     book.run(broker_url(broker), services=service or None, drain_timeout=drain_timeout)
+
+
+dlq = typer.Typer(help="Dead letters: list, show, replay or purge them.", no_args_is_help=True)
+app.add_typer(dlq, name="dlq")
+
+Target = Annotated[str, typer.Argument(help="The book, as MODULE:ATTRIBUTE.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
+Ids = Annotated[list[str] | None, typer.Argument(help="Dead letter ids.", show_default=False)]
+AllOption = Annotated[bool, typer.Option("--all", help="Every dead letter of the book.")]
+
+
+@asynccontextmanager
+async def connected(target: str, broker: str | None) -> AsyncIterator[Broker]:
+    """The book's broker, connected for tooling: it consumes nothing."""
+    book = load_book(target)
+    connection = brokers.from_url(broker_url(broker), book.name)
+    await connection.connect()
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+def _letters(target: str, broker: str | None) -> list[DeadLetter]:
+    async def fetch() -> list[DeadLetter]:
+        async with connected(target, broker) as connection:
+            return await connection.dead_letters()
+
+    return asyncio.run(fetch())
+
+
+@dlq.command("list")
+def dlq_list(target: Target, broker: BrokerOption = None, as_json: JsonOption = False) -> None:
+    """List dead letters with topic, handler, reason, error and attempts."""
+    letters = _letters(target, broker)
+    if as_json:
+        print(json.dumps([_letter_json(letter) for letter in letters], indent=2))
+        return
+    if not letters:
+        console.print("no dead letters")
+        return
+    table = Table("id", "topic", "handler", "reason", "attempts", "failed at", "error")
+    for letter in letters:
+        last_line = letter.error.strip().splitlines()[-1] if letter.error.strip() else ""
+        table.add_row(
+            letter.id,
+            letter.topic,
+            letter.handler,
+            letter.reason,
+            str(letter.attempts),
+            letter.failed_at,
+            last_line,
+        )
+    console.print(table)
+
+
+@dlq.command("show")
+def dlq_show(
+    target: Target,
+    letter_id: Annotated[str, typer.Argument(help="The dead letter's id.")],
+    broker: BrokerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one dead letter whole: the error with its traceback, and the event."""
+    found = [letter for letter in _letters(target, broker) if letter.id == letter_id]
+    if not found:
+        raise EventbookError(f"no dead letter with id {letter_id!r} (see `eventbook dlq list`)")
+    letter = found[0]
+    if as_json:
+        print(json.dumps(_letter_json(letter), indent=2))
+        return
+    for field in ("id", "event_id", "topic", "handler", "reason", "attempts", "failed_at"):
+        console.print(f"[bold]{field}:[/] {getattr(letter, field)}", highlight=False)
+    console.print("[bold]error:[/]")
+    console.print(letter.error, highlight=False, markup=False)
+    console.print("[bold]event:[/]")
+    console.print_json(letter.body) if letter.body else console.print("(not kept)")
+
+
+def _settle_letters(action: str, target: str, broker: str | None, ids: list[str] | None) -> int:
+    async def run() -> int:
+        async with connected(target, broker) as connection:
+            if ids is not None:
+                known = {letter.id for letter in await connection.dead_letters()}
+                unknown = [i for i in ids if i not in known]
+                if unknown:
+                    raise EventbookError(f"no dead letter with id {', '.join(unknown)}")
+            method = connection.replay if action == "replay" else connection.purge
+            return await method(ids)
+
+    return asyncio.run(run())
+
+
+def _chosen(ids: list[str] | None, every: bool) -> list[str] | None:
+    if bool(ids) == every:
+        raise EventbookError("give dead letter ids, or --all (not both)")
+    return None if every else ids
+
+
+@dlq.command("replay")
+def dlq_replay(
+    target: Target,
+    ids: Ids = None,
+    every: AllOption = False,
+    broker: BrokerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send dead letters back to their handler, as a first attempt."""
+    count = _settle_letters("replay", target, broker, _chosen(ids, every))
+    print(json.dumps({"replayed": count})) if as_json else console.print(f"replayed {count}")
+
+
+@dlq.command("purge")
+def dlq_purge(
+    target: Target,
+    ids: Ids = None,
+    every: AllOption = False,
+    broker: BrokerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete dead letters for good."""
+    count = _settle_letters("purge", target, broker, _chosen(ids, every))
+    print(json.dumps({"purged": count})) if as_json else console.print(f"purged {count}")
+
+
+def _letter_json(letter: DeadLetter) -> dict[str, object]:
+    data: dict[str, object] = dataclasses.asdict(letter)
+    # An undecodable event is shown as the text it was.
+    with contextlib.suppress(ValueError):
+        data["body"] = json.loads(letter.body) if letter.body else None
+    return data
 
 
 def main() -> None:

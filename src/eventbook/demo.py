@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from typing import Any
 
 from rich.console import Console
@@ -34,6 +35,13 @@ class Trace(eb.Observer):
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until `count` events were handled (a durable broker delivers after publish)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.count >= count, timeout)
 
     def publishing(self, envelope: eb.Envelope) -> None:
         if envelope.type.startswith("_"):
@@ -46,6 +54,9 @@ class Trace(eb.Observer):
         if envelope.type.startswith("_"):
             return
         self.console.print(f"  [green]✓[/] {handler.name} handled {envelope.type}")
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
 
     def failed(
         self,
@@ -151,6 +162,9 @@ def orchestration(console: Console) -> tuple[eb.EventBook, Any]:
     return book, act
 
 
+#: Bank, Mail and Post get the sign-up; Mail gets the update.
+CHOREOGRAPHY_DELIVERIES = 4
+
 STYLES = {"choreography": choreography, "orchestration": orchestration}
 
 
@@ -159,12 +173,14 @@ def run(style: str, broker: str | None, console: Console) -> None:
     for name in STYLES if style == "both" else [style]:
         console.rule(f"[bold]{name}")
         book, act = STYLES[name](console)
-        book.observe(Trace(console))
+        trace = Trace(console)
+        book.observe(trace)
         if inspect.iscoroutinefunction(act):
             asyncio.run(_run_async(book, act, broker))
         else:
             with book.start(broker):
                 act()
+                trace.wait_for(CHOREOGRAPHY_DELIVERIES)
 
 
 async def _run_async(book: eb.EventBook, act: Any, broker: str | None) -> None:

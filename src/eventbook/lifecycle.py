@@ -41,7 +41,13 @@ class Running:
 
     async def __aenter__(self) -> EventBook:
         await self.book._open(self.url, self.services)
-        log.info("%s: started on %s", self.book.name, redact(self.url))
+        names = self.book._selected_names(self.services)
+        log.info(
+            "%s: started on %s, running %s",
+            self.book.name,
+            redact(self.url),
+            ", ".join(names) if names else "no services (publishing only)",
+        )
         return self.book
 
     async def __aexit__(
@@ -51,7 +57,7 @@ class Running:
         tb: TracebackType | None,
     ) -> None:
         await self.book._close(self.drain_timeout)
-        log.info("%s: stopped", self.book.name)
+        log.info("%s: stopped on %s", self.book.name, redact(self.url))
 
     def __enter__(self) -> EventBook:
         loop = asyncio.new_event_loop()

@@ -107,3 +107,99 @@ def test_run_serves_until_sigterm_then_exits_0(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "app: stopped" in out
+
+
+def test_demo_keeps_its_events_in_a_sqlite_file_and_runs_again_on_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    first = eventbook("demo", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    database = tmp_path / "eventbook.db"
+    assert database.exists()
+    with sqlite3.connect(database) as db:
+        (events,) = db.execute("SELECT COUNT(*) FROM eb_events").fetchone()
+    assert events >= 5  # sign-up, update, and the three requests (plus their replies)
+    second = eventbook("demo", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("Service Name: BankService, Customer Name: SELO") == 2
+
+
+FAILING_APP = """
+import eventbook as eb
+
+class Ping(eb.Event):
+    n: int
+
+book = eb.EventBook("app")
+PING = book.topic("ping", Ping)
+
+@eb.sub(PING, retries=0)
+def fragile(ping: Ping) -> None:
+    raise ValueError(f"cannot take ping {ping.n}")
+"""
+
+
+def test_dlq_lists_shows_replays_and_purges(tmp_path: Path) -> None:
+    import asyncio
+    import importlib.util
+    import json
+
+    (tmp_path / "app.py").write_text(FAILING_APP)
+    url = f"sqlite:///{tmp_path}/app.db"
+    spec = importlib.util.spec_from_file_location("dlq_app", tmp_path / "app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    async def fail_twice() -> None:
+        from eventbook.testing import eventually
+        from eventbook.testing.contract import dead_letter_count
+
+        async with module.book.start(url):
+            await module.book.publish(module.PING, module.Ping(n=1))
+            await module.book.publish(module.PING, module.Ping(n=2))
+            await eventually(lambda: dead_letter_count(module.book, 2), 30)
+
+    asyncio.run(fail_twice())
+
+    listed = eventbook("dlq", "list", "app:book", "--broker", url, cwd=tmp_path, COLUMNS="200")
+    assert listed.returncode == 0, listed.stderr
+    assert "fragile" in listed.stdout
+    assert "ValueError: cannot take ping" in listed.stdout
+    letters = json.loads(
+        eventbook("dlq", "list", "app:book", "-b", url, "--json", cwd=tmp_path).stdout
+    )
+    assert [(d["topic"], d["handler"], d["reason"], d["attempts"]) for d in letters] == [
+        ("ping", "fragile", "failed", 1),
+        ("ping", "fragile", "failed", 1),
+    ]
+    assert letters[0]["body"]["data"] == {"n": 1}
+
+    shown = eventbook("dlq", "show", "app:book", letters[0]["id"], "-b", url, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "raise ValueError" in shown.stdout
+    assert '"n": 1' in shown.stdout
+
+    missing = eventbook("dlq", "show", "app:book", "999", "-b", url, cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "no dead letter with id '999'" in missing.stderr
+
+    neither = eventbook("dlq", "purge", "app:book", "-b", url, cwd=tmp_path)
+    assert neither.returncode == 2
+    assert "--all" in neither.stderr
+
+    replayed = eventbook(
+        "dlq", "replay", "app:book", letters[0]["id"], "-b", url, "--json", cwd=tmp_path
+    )
+    assert json.loads(replayed.stdout) == {"replayed": 1}
+    left = json.loads(
+        eventbook("dlq", "list", "app:book", "-b", url, "--json", cwd=tmp_path).stdout
+    )
+    assert [d["id"] for d in left] == [letters[1]["id"]]
+
+    purged = eventbook("dlq", "purge", "app:book", "--all", "-b", url, cwd=tmp_path)
+    assert purged.returncode == 0
+    assert "purged 1" in purged.stdout
+    empty = eventbook("dlq", "list", "app:book", "-b", url, cwd=tmp_path)
+    assert "no dead letters" in empty.stdout
