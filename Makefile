@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint types pytest bench clean
+.PHONY: demo test services lint types pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,10 @@ types: $(VENV)/.dev
 pytest: $(VENV)/.dev
 	$(BIN)/pytest
 
-test: lint types pytest
+services:
+	@scripts/services.sh
+
+test: services lint types pytest
 
 bench: $(VENV)/.bench
 	$(BIN)/python bench/dispatch.py
