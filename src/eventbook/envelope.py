@@ -6,7 +6,9 @@ CloudEvents SDK or raw broker client can read and write eventbook's events.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from datetime import UTC, datetime
 from time import time_ns as _time_ns
 from typing import Any
@@ -118,8 +120,7 @@ class Envelope:
     @property
     def time(self) -> str | None:
         if self._time is None and self._ms:
-            when = datetime.fromtimestamp(self._ms / 1000, UTC)
-            self._time = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            self._time = _rfc3339(self._ms)
         return self._time
 
     @property
@@ -153,9 +154,57 @@ class Envelope:
 
 
 def encode(envelope: Envelope, data_json: bytes) -> bytes:
-    """Return the structured-mode JSON of `envelope`, its data already encoded as JSON."""
-    head = json.dumps(envelope.attributes(), separators=(",", ":")).encode()
-    return b"".join((head[:-1], b',"data":', data_json, b"}"))
+    """Return the structured-mode JSON of `envelope`, its data already encoded as JSON.
+
+    Written by hand rather than with `json.dumps(attributes())`: it runs once per
+    event published, and the attributes are a handful of short, mostly constant strings.
+    """
+    parts = [
+        '{"specversion":"1.0","id":',
+        _quote(envelope.id),
+        ',"source":',
+        _quote_cached(envelope.source),
+        ',"type":',
+        _quote_cached(envelope.type),
+        ',"datacontenttype":"application/json","correlationid":',
+        _quote(envelope.correlationid),
+    ]
+    if envelope.time is not None:
+        parts += (',"time":', _quote(envelope.time))
+    for name in ("causationid", "replyto", "traceparent"):
+        value = getattr(envelope, name)
+        if value is not None:
+            parts += (f',"{name}":', _quote(value))
+    if envelope.extensions:
+        for name, value in envelope.extensions.items():
+            parts += (",", json.dumps(name), ":", json.dumps(value, separators=(",", ":")))
+    parts.append(',"data":')
+    return "".join(parts).encode() + data_json + b"}"
+
+
+# Strings that need no escaping in JSON: ids, times, and eventbook's own names.
+_PLAIN = re.compile(r"[A-Za-z0-9 ._:/@+=-]*")
+
+
+def _quote(text: str) -> str:
+    return f'"{text}"' if _PLAIN.fullmatch(text) else json.dumps(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _quote_cached(text: str) -> str:
+    return json.dumps(text)
+
+
+_last_time: tuple[int, str] = (0, "")
+
+
+def _rfc3339(ms: int) -> str:
+    """`ms` since the epoch as RFC 3339 UTC text; events of one millisecond share it."""
+    global _last_time
+    if _last_time[0] != ms:
+        when = datetime.fromtimestamp(ms / 1000, UTC)
+        _last_time = (ms, when.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    return _last_time[1]
 
 
 def decode(body: bytes | str) -> Envelope:

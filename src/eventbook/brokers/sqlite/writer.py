@@ -1,0 +1,106 @@
+"""Group commit: the writes asked for in one turn of the event loop share one transaction.
+
+A hundred concurrent publishes cost one commit, not a hundred; so do the acks of
+handlers that finish together. SQLite is called on the event loop thread (a
+statement takes microseconds, a hop to a worker thread far more); the write lock
+is awaited without blocking the loop: a short busy timeout inside SQLite, then an
+asynchronous back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ...errors import BrokerError
+
+T = TypeVar("T")
+Work = Callable[[sqlite3.Connection], Any]
+
+_FIRST_BACKOFF = 0.0005
+_MAX_BACKOFF = 0.05
+
+
+def is_lock_error(exc: sqlite3.Error) -> bool:
+    text = str(exc)
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+class Writer:
+    """Runs write jobs in shared transactions on one connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._jobs: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self._backoff = _FIRST_BACKOFF
+
+    async def __call__(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in a write transaction shared with this loop turn's other writes."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+        self._jobs.append((work, done))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await done
+
+    async def now(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in a transaction of its own right away, unless writes are queued.
+
+        For a write nothing else can share (the ack of a handler that runs one event
+        at a time): it saves the loop turn that waiting for company would cost.
+        """
+        if self._scheduled:
+            return await self(work)
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            result = work(db)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if is_lock_error(exc):
+                return await self(work)
+            raise BrokerError(f"sqlite:// broker: {exc}") from None
+        return result
+
+    def _flush(self) -> None:
+        jobs = [(work, done) for work, done in self._jobs if not done.cancelled()]
+        self._jobs = []
+        if not jobs:
+            self._scheduled = False
+            return
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            results = [work(db) for work, _ in jobs]
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if is_lock_error(exc):
+                # Another process holds the write lock: try the same jobs again soon.
+                self._jobs = jobs + self._jobs
+                asyncio.get_running_loop().call_later(self._backoff, self._flush)
+                self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+                return
+            self._scheduled = bool(self._jobs)
+            if self._jobs:
+                asyncio.get_running_loop().call_soon(self._flush)
+            error = BrokerError(f"sqlite:// broker: {exc}")
+            for _, done in jobs:
+                if not done.done():
+                    done.set_exception(error)
+            return
+        self._backoff = _FIRST_BACKOFF
+        for (_, done), result in zip(jobs, results, strict=True):
+            if not done.done():
+                done.set_result(result)
+        # Jobs added while these ran (by callbacks) get a transaction of their own.
+        self._scheduled = bool(self._jobs)
+        if self._jobs:
+            asyncio.get_running_loop().call_soon(self._flush)
