@@ -32,12 +32,20 @@ def load_app(path: Path) -> ModuleType:
     return module
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Return as soon as `condition()` is true; fail after `timeout` seconds."""
+def wait_until(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    detail: Callable[[], str] = lambda: "",
+) -> None:
+    """Return as soon as `condition()` is true; fail after `timeout` seconds.
+
+    `detail()` is added to the failure message, to say how far things got.
+    """
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting after {timeout:g}s for {what}")
+            raise AssertionError(f"still waiting after {timeout:g}s for {what} {detail()}")
         time.sleep(POLL)
 
 

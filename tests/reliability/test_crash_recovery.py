@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,10 @@ from ._processes import EFFECTS_ENV, Consumer, Effects, load_app, wait_until
 
 EVENTS = 3000
 KILLS = 3
-SEED = 20261203
+SEED = 3  # kills after 634, 1074 and 2329 events handled
 CONCURRENCY = 1  # the handler's; eventbook's default
 WINDOW = CONCURRENCY + 1  # effects of a killed process that may lack their committed ack
+LEAD = 300  # events published past a kill's moment before the publisher waits for the kill
 
 APP = f"""
 import asyncio
@@ -61,22 +62,55 @@ class Worker:
 
 
 class Publisher(threading.Thread):
-    """Publishes events 0..EVENTS-1 from this process, which runs no service."""
+    """Publishes events 0..EVENTS-1 from this process, which runs no service.
 
-    def __init__(self, book: Any, topic: Any, make: Callable[[int], Any], url: str) -> None:
+    It publishes only up to `allowed`, which the test raises after each kill: so
+    events are still to come at every kill, and the restarted consumer has work
+    whatever the scheduling. The events already published keep flowing meanwhile.
+    """
+
+    def __init__(self, app: Any, url: str, allowed: int) -> None:
         super().__init__(name="publisher", daemon=True)
-        self.book, self.topic, self.make, self.url = book, topic, make, url
+        self.app, self.url = app, url
         self.published = 0
         self.error: BaseException | None = None
+        self._allowed = allowed
+        self._gate = threading.Condition()
+
+    def allow(self, up_to: int) -> None:
+        with self._gate:
+            self._allowed = up_to
+            self._gate.notify_all()
 
     def run(self) -> None:
+        book, topic, make = self.app.book, self.app.WORK, self.app.Work
         try:
-            with self.book.start(self.url, services=[]):
+            with book.start(self.url, services=[]):
                 for n in range(EVENTS):
-                    self.book.emit(self.topic, self.make(n))
+                    with self._gate:
+                        if not self._gate.wait_for(lambda n=n: n < self._allowed, timeout=60):
+                            raise TimeoutError(f"event {n} was never allowed")
+                    book.emit(topic, make(n=n))
                     self.published += 1
         except BaseException as exc:
             self.error = exc
+
+
+class Progress:
+    """What the effects file says so far: the distinct events handled, lines per process."""
+
+    def __init__(self, effects: Effects) -> None:
+        self.effects = effects
+        self.handled: set[int] = set()
+        self.lines_by_pid: Counter[str] = Counter()
+        self._read = 0
+
+    def refresh(self) -> None:
+        lines = self.effects.refresh()
+        for pid, _, n, _ in lines[self._read :]:
+            self.handled.add(int(n))
+            self.lines_by_pid[pid] += 1
+        self._read = len(lines)
 
 
 @pytest.mark.slow
@@ -88,40 +122,54 @@ def test_sigkilled_consumer_loses_nothing_and_duplicates_only_what_the_kill_inte
     url = f"sqlite:///{tmp_path / 'crash.db'}?lease=1"
     effects = Effects(tmp_path / "effects.txt")
     rng = random.Random(SEED)
-    # Each consumer but the last is killed after it wrote this many effects lines.
-    kill_after = [rng.randint(50, 600) for _ in range(KILLS)]
+    # Kill when this many distinct events have been handled: random moments spread
+    # over the stream.
+    kill_at = sorted(rng.sample(range(100, EVENTS - 2 * LEAD), KILLS))
 
     def start() -> Consumer:
         return Consumer(tmp_path, "crash_app:book", url, effects.path)
 
     consumers = [start()]
     killed: set[str] = set()
-    publisher = Publisher(app.book, app.WORK, lambda n: app.Work(n=n), url)
+    publisher = Publisher(app, url, allowed=kill_at[0] + LEAD)
+    progress = Progress(effects)
+    at_kill: list[tuple[int, int]] = []  # (events handled, events published) at each kill
+
+    def check() -> None:
+        consumers[-1].alive()
+        if publisher.error is not None:
+            raise publisher.error
+        progress.refresh()
+
     try:
         wait_until(consumers[-1].started, 60, "the first consumer to start")
         publisher.start()
-        for count in kill_after:
-            current = consumers[-1]
-            pid = str(current.pid)
+        for k, at in enumerate(kill_at):
+            pid = str(consumers[-1].pid)
 
-            def wrote_enough(
-                pid: str = pid, count: int = count, current: Consumer = current
-            ) -> bool:
-                current.alive()
-                return sum(1 for line in effects.refresh() if line[0] == pid) >= count
+            def moment_has_come(pid: str = pid, at: int = at) -> bool:
+                check()  # the consumer is handling events, and enough were handled
+                return progress.lines_by_pid[pid] > 0 and len(progress.handled) >= at
 
-            wait_until(wrote_enough, 60, f"consumer {pid} to handle {count} events")
-            current.kill()
+            wait_until(moment_has_come, 60, f"{at} events handled, some by {pid}")
+            consumers[-1].kill()
             killed.add(pid)
+            at_kill.append((len(progress.handled), publisher.published))
             consumers.append(start())
+            publisher.allow(kill_at[k + 1] + LEAD if k + 1 < KILLS else EVENTS)
 
         def all_handled() -> bool:
-            consumers[-1].alive()
-            if publisher.error is not None:
-                raise publisher.error
-            return len({int(line[2]) for line in effects.refresh()}) >= EVENTS
+            check()
+            return len(progress.handled) >= EVENTS
 
-        wait_until(all_handled, 60, f"every one of the {EVENTS} events to be handled")
+        def how_far() -> str:
+            missing = set(range(EVENTS)) - progress.handled
+            return (
+                f"({publisher.published} published, {len(missing)} never handled, "
+                f"first {sorted(missing)[:10]})"
+            )
+
+        wait_until(all_handled, 60, f"every one of the {EVENTS} events to be handled", how_far)
         publisher.join(timeout=60)
         assert not publisher.is_alive()
         assert publisher.error is None, publisher.error
@@ -130,6 +178,7 @@ def test_sigkilled_consumer_loses_nothing_and_duplicates_only_what_the_kill_inte
         last = consumers[-1]
         assert last.terminate() == 0, last.output()
     finally:
+        publisher.allow(EVENTS)
         for consumer in consumers:
             consumer.stop()
         publisher.join(timeout=60)
@@ -149,8 +198,9 @@ def test_sigkilled_consumer_loses_nothing_and_duplicates_only_what_the_kill_inte
     duplicates = {n: where for n, where in handled.items() if len(where) > 1}
     print(
         f"\nevents={EVENTS} kills={len(killed)} duplicates={len(duplicates)} "
-        f"lost={len(lost)} effects_lines={len(lines)} kill_after={kill_after} "
-        f"per_process={[len(by_pid[str(c.pid)]) for c in consumers]}"
+        f"lost={len(lost)} effects_lines={len(lines)} "
+        f"(handled, published) at each kill={at_kill} "
+        f"lines_per_process={[len(by_pid[str(c.pid)]) for c in consumers]}"
     )
     record_property("events", EVENTS)
     record_property("kills", len(killed))
@@ -168,9 +218,9 @@ def test_sigkilled_consumer_loses_nothing_and_duplicates_only_what_the_kill_inte
             not_from_a_kill[n] = [
                 (p, i, len(by_pid[p]), "killed" if p in killed else "alive") for p, i in where
             ]
-    assert not not_from_a_kill, (
+    assert not_from_a_kill == {}, (
         "events handled again although their first handling was not cut short by a kill "
-        f"(n: [(pid, index of the line in that pid's lines, its line count, fate)]): "
+        "(n: [(pid, index of the line among that pid's lines, its line count, fate)]): "
         f"{dict(list(not_from_a_kill.items())[:10])}"
     )
     for pid in killed:

@@ -19,6 +19,7 @@ EVENTS = 600
 APP = f"""
 import asyncio
 import os
+import time
 
 import eventbook as eb
 
@@ -29,32 +30,49 @@ class Job(eb.Event):
 
 book = eb.EventBook("three")
 JOBS = book.topic("jobs", Job)
+EFFECTS = os.environ.get({EFFECTS_ENV!r}, "")
 
 
-def effects() -> int:
-    return os.open(os.environ[{EFFECTS_ENV!r}], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def open_effects() -> int:
+    return os.open(EFFECTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+def another_replica_handled(service: str) -> bool:
+    mine = f"{{service}} {{os.getpid()}} "
+    with open(EFFECTS) as f:
+        return any(line.startswith(service + " ") and not line.startswith(mine) for line in f)
 
 
 @book.service
 class MailService:
     def __init__(self) -> None:
-        self.fd = effects()
+        self.fd = open_effects()
 
     @eb.sub(JOBS)
     async def send(self, job: Job) -> None:
         await asyncio.sleep(0)
+        # One O_APPEND write per line: lines of several processes never interleave.
         os.write(self.fd, f"MailService {{os.getpid()}} {{job.n}}\\n".encode())
 
 
 @book.service
 class BankService:
     def __init__(self) -> None:
-        self.fd = effects()
+        self.fd = open_effects()
+        self.shared = False
 
     @eb.sub(JOBS)
     async def book_it(self, job: Job) -> None:
         await asyncio.sleep(0)
         os.write(self.fd, f"BankService {{os.getpid()}} {{job.n}}\\n".encode())
+        # After its first event, a replica waits (30 s at most) until another one has
+        # handled an event: meanwhile the group's next events can only go to the
+        # other replica, so that sharing does not depend on how the OS schedules them.
+        deadline = time.monotonic() + 30
+        while not self.shared and time.monotonic() < deadline:
+            self.shared = another_replica_handled("BankService")
+            await asyncio.sleep(0.005)
+        self.shared = True
 """
 
 

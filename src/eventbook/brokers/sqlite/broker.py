@@ -197,24 +197,30 @@ class SqliteBroker:
     async def _watch(self) -> None:
         """Notice other processes' commits (PRAGMA data_version) and wake the consumers."""
         db = self.database()
-        seen = db.execute("PRAGMA data_version").fetchone()[0]
+        seen = None
         while True:
-            await asyncio.sleep(self.settings.poll)
-            version = db.execute("PRAGMA data_version").fetchone()[0]
-            if version != seen:
+            try:
+                version = db.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.OperationalError:
+                version = None  # busy for a moment: wake everyone, to be safe
+            if version != seen or version is None:
                 seen = version
                 self.wake()
+            await asyncio.sleep(self.settings.poll)
 
     async def _renew_leases(self) -> None:
         """Keep the leases of what this process holds, however long its handlers run."""
         while True:
             await asyncio.sleep(self.settings.lease / 3)
             groups = [consumer.group for consumer in self._consumers]
-            await self.write(
-                functools.partial(
-                    store.renew, groups=groups, owner=self.owner, lease=self.settings.lease
+            try:
+                await self.write(
+                    functools.partial(
+                        store.renew, groups=groups, owner=self.owner, lease=self.settings.lease
+                    )
                 )
-            )
+            except BrokerError as exc:
+                log.error("sqlite://: cannot renew leases (%s); trying again", exc)
 
     async def _compact_now_and_then(self) -> None:
         """Delete events every group is done with, once older than the retention."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from typing import TYPE_CHECKING
 
+from ...errors import BrokerError
 from . import store
 
 if TYPE_CHECKING:
@@ -77,13 +79,22 @@ class Consumer:
     async def _run(self) -> None:
         broker = self.broker
         limit = max(broker.settings.prefetch, self.concurrency)
+        failures = 0
         while not broker.stopping:
             self.changed.clear()  # before claiming: a wake-up from now on is not lost
-            rows = await broker.write(
-                lambda db: store.claim(
-                    db, self.group, self.topic, broker.owner, limit, broker.settings.lease
+            try:
+                rows = await broker.write(
+                    lambda db: store.claim(
+                        db, self.group, self.topic, broker.owner, limit, broker.settings.lease
+                    )
                 )
-            )
+            except BrokerError as exc:
+                # The file is unwell (disk full, I/O error): keep trying, loudly, slower.
+                failures += 1
+                log.error("%s: cannot claim events (%s); trying again", self.group, exc)
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+                continue
+            failures = 0
             if not rows:
                 await self._idle()
                 continue
@@ -124,7 +135,10 @@ class Consumer:
 
     async def _idle(self) -> None:
         """Sleep until something may have changed, or the group's next retry is due."""
-        due = store.next_due(self.broker.database(), self.group, self.broker.owner)
+        try:
+            due = store.next_due(self.broker.database(), self.group, self.broker.owner)
+        except sqlite3.OperationalError:
+            due = time.time() + 0.05  # the file is busy for a moment: look again soon
         timeout = 1.0 if due is None else max(0.0, min(1.0, due - time.time()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.changed.wait(), timeout)

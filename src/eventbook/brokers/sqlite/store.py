@@ -90,14 +90,19 @@ def append(db: sqlite3.Connection, rows: list[tuple[str, str, bytes, float]]) ->
 def claim(
     db: sqlite3.Connection, group: str, topic: str, owner: str, limit: int, lease: float
 ) -> list[Row]:
-    """Lease up to `limit` of the group's events: due retries and lapsed leases first."""
+    """Lease up to `limit` of the group's events: due retries and lapsed leases first.
+
+    Never this owner's own leases: it is still working on those, even if renewing
+    them ran late.
+    """
     now = time.time()
     until = now + lease
     rows: list[Row] = db.execute(
         "SELECT p.seq, e.event_id, e.body, p.attempt + 1 FROM eb_pending p"
         " JOIN eb_events e ON e.seq = p.seq"
-        " WHERE p.grp = ? AND p.due <= ? ORDER BY p.seq LIMIT ?",
-        (group, now, limit),
+        " WHERE p.grp = ? AND p.due <= ? AND (p.owner IS NULL OR p.owner != ?)"
+        " ORDER BY p.seq LIMIT ?",
+        (group, now, owner, limit),
     ).fetchall()
     if rows:
         db.executemany(
