@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from time import time_ns as _time_ns
 from typing import Any
 
+from pydantic_core import from_json
+
 from . import ids
 from .errors import DecodeError
 
@@ -159,18 +161,22 @@ def encode(envelope: Envelope, data_json: bytes) -> bytes:
     Written by hand rather than with `json.dumps(attributes())`: it runs once per
     event published, and the attributes are a handful of short, mostly constant strings.
     """
+    event_id = envelope.id
+    correlation = envelope._correlationid
+    # An id and time eventbook made itself need no escaping; others might.
+    own = envelope._ms != 0
     parts = [
         '{"specversion":"1.0","id":',
-        _quote(envelope.id),
+        f'"{event_id}"' if own else _quote(event_id),
         ',"source":',
         _quote_cached(envelope.source),
         ',"type":',
         _quote_cached(envelope.type),
         ',"datacontenttype":"application/json","correlationid":',
-        _quote(envelope.correlationid),
+        f'"{event_id}"' if own and correlation is None else _quote(correlation or event_id),
     ]
     if envelope.time is not None:
-        parts += (',"time":', _quote(envelope.time))
+        parts += (',"time":', f'"{envelope.time}"' if own else _quote(envelope.time))
     for name in ("causationid", "replyto", "traceparent"):
         value = getattr(envelope, name)
         if value is not None:
@@ -215,8 +221,8 @@ def decode(body: bytes | str) -> Envelope:
             a required attribute.
     """
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = from_json(body)
+    except ValueError as exc:
         raise DecodeError(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise DecodeError("not a CloudEvent: the JSON is not an object")

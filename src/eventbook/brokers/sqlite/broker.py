@@ -49,6 +49,8 @@ class SqliteBroker:
         self._consumers: list[Consumer] = []
         self._background: list[asyncio.Task[None]] = []
         self._ephemeral: list[str] = []
+        self._rows: list[tuple[str, str, bytes, float]] = []
+        self._appended: asyncio.Future[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -75,6 +77,10 @@ class SqliteBroker:
 
     def _prepare(self, db: sqlite3.Connection) -> None:
         db.execute(f"PRAGMA synchronous={self.settings.durability.upper()}")
+        # Small pages: an ack rewrites one page of eb_pending, and a commit's cost is
+        # mostly the pages it writes (measured: 9 µs an ack at 1 KiB, 13 µs at 4 KiB).
+        # Only takes effect on a new file.
+        db.execute("PRAGMA page_size=1024")
         db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         db.execute("PRAGMA journal_mode=WAL")
         store.create(db)
@@ -116,8 +122,16 @@ class SqliteBroker:
     async def publish(self, envelope: Envelope, body: bytes | None) -> None:
         if body is None:
             raise BrokerError("sqlite:// publishes encoded events only")
-        row = (self.channel(envelope.type), envelope.id, body, time.time())
-        await self.write(lambda db: store.append(db, [row]))
+        # The publishes of one loop turn are appended by one statement, in one commit,
+        # and wait for that commit together.
+        self._rows.append((self.channel(envelope.type), envelope.id, body, time.time()))
+        if self._appended is None:
+            self._appended = self.write.submit(self._append)
+        await self._appended
+
+    def _append(self, db: sqlite3.Connection) -> None:
+        rows, self._rows, self._appended = self._rows, [], None
+        store.append(db, rows)
         self.wake()
 
     async def consume(self, handler: Handler, deliver: Deliver) -> None:

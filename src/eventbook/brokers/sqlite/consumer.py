@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -36,12 +37,12 @@ class SqliteMessage:
 
     async def ack(self) -> None:
         consumer = self._consumer
-        done = [(consumer.group, self.seq)]
+        finish = functools.partial(store.finish, group=consumer.group, seq=self.seq)
         if consumer.concurrency == 1:
             # Nothing to share a commit with: the next event waits for this ack.
-            await consumer.broker.write.now(lambda db: store.finish(db, done))
+            await consumer.broker.write.now(finish)
         else:
-            await consumer.broker.write(lambda db: store.finish(db, done))
+            await consumer.broker.write(finish)
 
     async def retry(self, delay: float) -> None:
         consumer = self._consumer

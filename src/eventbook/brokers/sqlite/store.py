@@ -134,9 +134,9 @@ def claim(
     return rows
 
 
-def finish(db: sqlite3.Connection, done: list[tuple[str, int]]) -> None:
-    """Ack (group, seq) pairs: the events are never delivered to those groups again."""
-    db.executemany("DELETE FROM eb_pending WHERE grp = ? AND seq = ?", done)
+def finish(db: sqlite3.Connection, group: str, seq: int) -> None:
+    """Ack: the event is never delivered to the group again."""
+    db.execute("DELETE FROM eb_pending WHERE grp = ? AND seq = ?", (group, seq))
 
 
 def retry_later(db: sqlite3.Connection, group: str, seq: int, delay: float) -> None:

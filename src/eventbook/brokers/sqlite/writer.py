@@ -39,13 +39,17 @@ class Writer:
 
     async def __call__(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in a write transaction shared with this loop turn's other writes."""
+        return await self.submit(work)
+
+    def submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue `work` for this loop turn's transaction; the future tells when it committed."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
         self._jobs.append((work, done))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await done
+        return done
 
     async def now(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in a transaction of its own right away, unless writes are queued.
