@@ -38,197 +38,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import gc
-import json
-import sqlite3
+import importlib
 import statistics
-import tempfile
+import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
 
-import eventbook as eb
+sys.path.insert(0, str(Path(__file__).parent))
 
-Mode = Literal["one", "window"]
-MODES: dict[Mode, str] = {"one": "one at a time", "window": "windows of 100"}
-WINDOW = 100
-#: The longest a run may take before it is declared lost (an event never seen).
-RUN_TIMEOUT = 300.0
+from harness import MODES, Contestant, Mode, raw_body
 
-#: A contestant: move n events in `mode`, return (wall seconds, latency of each event).
-Run = Callable[[Mode, int], Coroutine[Any, Any, tuple[float, list[float]]]]
-
-
-class Tick(eb.Event):
-    n: int
-
-
-class Recorder:
-    """When each event's publish was called, and when the consumer saw it."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.started = [0.0] * n
-        self.seen = [0.0] * n
-        self.count = 0
-        self.done = asyncio.Event()
-
-    def saw(self, i: int) -> None:
-        if self.seen[i]:
-            return  # a redelivery: the first sighting counts
-        self.seen[i] = time.perf_counter()
-        self.count += 1
-        if self.count == self.n:
-            self.done.set()
-
-    def result(self) -> tuple[float, list[float]]:
-        elapsed = max(self.seen) - self.started[0]
-        pairs = zip(self.seen, self.started, strict=True)
-        return elapsed, [seen - started for seen, started in pairs]
-
-
-async def drive(
-    mode: Mode,
-    recorder: Recorder,
-    publish_one: Callable[[int], Awaitable[object]],
-    publish_window: Callable[[int, int], Awaitable[object]],
-) -> tuple[float, list[float]]:
-    """Publish events 0..n-1 as `mode` says, wait until all were seen, return the timings."""
-    clock, started, n = time.perf_counter, recorder.started, recorder.n
-    if mode == "one":
-        for i in range(n):
-            started[i] = clock()
-            await publish_one(i)
-    else:
-        for lo in range(0, n, WINDOW):
-            hi = min(lo + WINDOW, n)
-            started[lo:hi] = [clock()] * (hi - lo)
-            await publish_window(lo, hi)
-    try:
-        await asyncio.wait_for(recorder.done.wait(), RUN_TIMEOUT)
-    except TimeoutError:
-        raise RuntimeError(f"only {recorder.count} of {n} events seen") from None
-    return recorder.result()
-
-
-# -- eventbook ---------------------------------------------------------------------------
-
-
-async def eventbook_sqlite(mode: Mode, n: int, concurrency: int = 1) -> tuple[float, list[float]]:
-    ticks = [Tick(n=i) for i in range(n)]
-    recorder = Recorder(n)
-    book = eb.EventBook("bench")
-    topic = book.topic("tick", Tick)
-
-    @book.service
-    class Consumer:
-        @eb.sub(topic, concurrency=concurrency)
-        async def handle(self, tick: Tick) -> None:
-            recorder.saw(tick.n)
-
-    def publish_window(lo: int, hi: int) -> Awaitable[object]:
-        return asyncio.gather(*(book.publish(topic, ticks[i]) for i in range(lo, hi)))
-
-    with tempfile.TemporaryDirectory() as tmp:
-        async with book.start(broker=f"sqlite:///{tmp}/bench.db"):
-            return await drive(
-                mode, recorder, lambda i: book.publish(topic, ticks[i]), publish_window
-            )
-
-
-# -- raw clients -------------------------------------------------------------------------
-
-
-def raw_body(i: int) -> bytes:
-    """The JSON a hand-written producer would send: eventbook's CloudEvent attributes."""
-    return json.dumps(
-        {
-            "specversion": "1.0",
-            "id": "01a23d19-fa65-7000-8001-b8eb0443dcb9",
-            "source": "/bench",
-            "type": "tick",
-            "datacontenttype": "application/json",
-            "correlationid": "01a23d19-fa65-7000-8001-b8eb0443dcb9",
-            "time": "2026-12-03T18:10:42.405Z",
-            "data": {"n": i},
-        },
-        separators=(",", ":"),
-    ).encode()
-
-
-def raw_index(body: bytes) -> int:
-    index: int = json.loads(body)["data"]["n"]
-    return index
-
-
-async def raw_sqlite(mode: Mode, n: int) -> tuple[float, list[float]]:
-    recorder = Recorder(n)
-    wake = asyncio.Event()
-    with tempfile.TemporaryDirectory() as tmp:
-        db = sqlite3.connect(f"{tmp}/bench.db", isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE queue (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
-
-            async def publish_one(i: int) -> None:
-                db.execute("INSERT INTO queue (body) VALUES (?)", (raw_body(i),))  # autocommit
-                wake.set()
-
-            async def publish_window(lo: int, hi: int) -> None:
-                db.execute("BEGIN IMMEDIATE")
-                db.executemany(
-                    "INSERT INTO queue (body) VALUES (?)", [(raw_body(i),) for i in range(lo, hi)]
-                )
-                db.execute("COMMIT")
-                wake.set()
-
-            async def consume() -> None:
-                while recorder.count < n:
-                    wake.clear()  # before reading: a wake-up from now on is not lost
-                    rows = db.execute(
-                        f"SELECT id, body FROM queue ORDER BY id LIMIT {WINDOW}"
-                    ).fetchall()
-                    if not rows:
-                        await wake.wait()
-                        continue
-                    for _, body in rows:
-                        recorder.saw(raw_index(body))
-                    db.execute("BEGIN IMMEDIATE")
-                    db.execute("DELETE FROM queue WHERE id <= ?", (rows[-1][0],))
-                    db.execute("COMMIT")
-                    await asyncio.sleep(0)  # let the publisher in between batches
-
-            consumer = asyncio.create_task(consume())
-            try:
-                return await drive(mode, recorder, publish_one, publish_window)
-            finally:
-                consumer.cancel()
-        finally:
-            db.close()
-
-
-# -- the table ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Contestant:
-    name: str
-    run: Run
-
-
-CONTESTANTS = [
-    # The defaults: one event at a time per handler, acked before the next starts.
-    Contestant("eventbook sqlite://", eventbook_sqlite),
-    # A handler that takes 100 events at once: acks that finish together share a commit.
-    Contestant("eventbook sqlite:// c100", functools.partial(eventbook_sqlite, concurrency=100)),
-    Contestant("raw sqlite3", raw_sqlite),
-]
-#: (eventbook, its raw peer): the ratios printed, with the issue's targets per mode.
-PAIRS = [("eventbook sqlite://", "raw sqlite3"), ("eventbook sqlite:// c100", "raw sqlite3")]
-TARGETS: dict[Mode, float] = {"one": 0.20, "window": 0.30}
+#: Brokers with a `throughput_<name>.py` module of contestants, in print order.
+BROKERS = ["sqlite", "nats", "redis", "rabbitmq"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,9 +76,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument(
+        "--brokers", default=",".join(BROKERS), help="comma-separated: " + ", ".join(BROKERS)
+    )
     args = parser.parse_args()
     n = args.events
     began = time.perf_counter()
+    CONTESTANTS: list[Contestant] = []
+    PAIRS: list[tuple[str, str, Mode, float]] = []
+    for broker in args.brokers.split(","):
+        try:
+            module = importlib.import_module(f"throughput_{broker}")
+        except ModuleNotFoundError as exc:
+            print(f"skipping {broker}: {exc}", file=sys.stderr)
+            continue
+        CONTESTANTS += module.CONTESTANTS
+        PAIRS += module.PAIRS
 
     names = [c.name for c in CONTESTANTS]
     for contestant in CONTESTANTS:  # warm-up
@@ -292,13 +128,10 @@ def main() -> None:
                 f"{max(rates):>10,.0f}{p50:>10.2f}{p99:>10.2f}"
             )
     print()
-    for mine, theirs in PAIRS:
-        for mode, label in MODES.items():
-            ratio = rate[mine, mode] / rate[theirs, mode]
-            print(
-                f"{f'{mine} / {theirs}, {label}':<62}{ratio:>6.2f}x"
-                f"   (target >= {TARGETS[mode]:.2f}x)"
-            )
+    for mine, theirs, mode, target in PAIRS:
+        ratio = rate[mine, mode] / rate[theirs, mode]
+        label = f"{mine} / {theirs}, {MODES[mode]}"
+        print(f"{label:<62}{ratio:>6.2f}x   (target >= {target:.2f}x)")
     print(f"\ntook {time.perf_counter() - began:.0f} s")
 
 

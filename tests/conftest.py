@@ -24,3 +24,21 @@ SELO = Customer(name="SELO", address="Seoul, Korea", email="rochan87@gmail.com")
 def _no_ambient_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests choose their broker; a developer's EVENTBOOK_BROKER must not leak in."""
     monkeypatch.delenv("EVENTBOOK_BROKER", raising=False)
+
+
+def server(name: str, port: int, host: str = "127.0.0.1") -> None:
+    """Skip the test when `name` does not answer on `port` here; fail instead in CI.
+
+    On a laptop without the server, its tests skip; in CI (`CI` set) a missing
+    server is a failure, never a silent skip.
+    """
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError as exc:
+        message = f"{name} is not answering on {host}:{port} ({exc}); `make test` starts it"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)

@@ -48,11 +48,19 @@ class Verdict:
 class Dispatcher:
     """Delivers events to one handler and decides what becomes of each."""
 
-    __slots__ = ("_call", "_observers", "_topic", "_validate", "handler", "runtime")
+    __slots__ = ("_call", "_done", "_observers", "_topic", "_validate", "handler", "runtime")
+
+    #: How many finished event ids each handler remembers (see `_done`).
+    REMEMBERED = 10_000
 
     def __init__(self, handler: Handler, runtime: Runtime) -> None:
         self.handler = handler
         self.runtime = runtime
+        # The process-local inbox: ids of events this handler finished lately here. A
+        # broker may deliver an event again after its ack was lost (a reconnect) or a
+        # publisher re-sent it (a lost confirm); neither runs the handler twice in this
+        # process. Brokers with a durable inbox (sqlite://) need it less, but it is cheap.
+        self._done: dict[str, None] | None = {} if runtime.broker.encodes else None
         # Bound once: this runs for every event and every handler.
         self._topic = handler.topic.name
         self._validate = handler.topic.payload.validate
@@ -96,6 +104,12 @@ class Dispatcher:
         except PayloadError as exc:
             return self._reject(INVALID, str(exc))
         envelope.data = payload  # observers and current_event() see the typed payload
+        done = self._done
+        if done is not None and envelope.id in done:
+            log.info(
+                "%s: event %s was handled already; acked again", self.handler.name, envelope.id
+            )
+            return None
 
         token = _current.set(envelope)
         try:
@@ -105,6 +119,10 @@ class Dispatcher:
         finally:
             _current.reset(token)
 
+        if done is not None:
+            done[envelope.id] = None
+            if len(done) > self.REMEMBERED:
+                del done[next(iter(done))]  # the oldest: dicts keep insertion order
         if envelope.replyto is not None:
             await self.runtime.reply(envelope, result, None)
         if self._observers:
