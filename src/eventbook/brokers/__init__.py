@@ -14,6 +14,9 @@ __all__ = ["Broker", "DeadLetter", "Deliver", "Message", "from_url", "schemes"]
 _ADAPTERS: dict[str, tuple[str, str, str | None]] = {
     "memory": ("eventbook.brokers.memory", "MemoryBroker", None),
     "sqlite": ("eventbook.brokers.sqlite", "SqliteBroker", None),
+    "nats": ("eventbook.brokers.nats", "NatsBroker", "nats"),
+    "redis": ("eventbook.brokers.redis", "RedisBroker", "redis"),
+    "amqp": ("eventbook.brokers.rabbitmq", "RabbitBroker", "rabbitmq"),
 }
 
 
