@@ -206,30 +206,26 @@ def _chosen(ids: list[str] | None, every: bool) -> list[str] | None:
     return None if every else ids
 
 
-@dlq.command("replay")
-def dlq_replay(
-    target: Target,
-    ids: Ids = None,
-    every: AllOption = False,
-    broker: BrokerOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Send dead letters back to their handler, as a first attempt."""
-    count = _settle_letters("replay", target, broker, _chosen(ids, every))
-    print(json.dumps({"replayed": count})) if as_json else console.print(f"replayed {count}")
+def _settling_command(action: str, summary: str) -> None:
+    """Register `dlq replay` or `dlq purge`: the same arguments, one action each."""
+
+    def command(
+        target: Target,
+        ids: Ids = None,
+        every: AllOption = False,
+        broker: BrokerOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        count = _settle_letters(action, target, broker, _chosen(ids, every))
+        done = {"replay": "replayed", "purge": "purged"}[action]
+        print(json.dumps({done: count})) if as_json else console.print(f"{done} {count}")
+
+    command.__doc__ = summary
+    dlq.command(action)(command)
 
 
-@dlq.command("purge")
-def dlq_purge(
-    target: Target,
-    ids: Ids = None,
-    every: AllOption = False,
-    broker: BrokerOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Delete dead letters for good."""
-    count = _settle_letters("purge", target, broker, _chosen(ids, every))
-    print(json.dumps({"purged": count})) if as_json else console.print(f"purged {count}")
+_settling_command("replay", "Send dead letters back to their handler, as a first attempt.")
+_settling_command("purge", "Delete dead letters for good.")
 
 
 def _letter_json(letter: DeadLetter) -> dict[str, object]:
@@ -245,5 +241,5 @@ def main() -> None:
     try:
         app()
     except EventbookError as exc:
-        errors.print(f"[red]error:[/] {exc}", highlight=False)
+        errors.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None

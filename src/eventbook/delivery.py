@@ -173,15 +173,11 @@ async def fan_out(
     Returns the dispatchers that did not succeed, with their verdicts.
     """
     unsettled: list[tuple[Dispatcher, Verdict]] = []
-    if not dispatchers:
+    payload = _payload(envelope, dispatchers, unsettled)
+    if unsettled or not dispatchers:
         return unsettled
-    first = dispatchers[0]
-    try:
-        payload = first._validate(envelope.data)
-    except PayloadError as exc:
-        return [(d, d._reject(INVALID, str(exc))) for d in dispatchers]
     replying = envelope.replyto is not None
-    observers = first._observers  # one runtime's list, shared by all its dispatchers
+    observers = dispatchers[0]._observers  # one runtime's list, shared by its dispatchers
     token = _current.set(envelope)
     try:
         for dispatcher in dispatchers:
@@ -199,6 +195,21 @@ async def fan_out(
     return unsettled
 
 
+def _payload(
+    envelope: Envelope,
+    dispatchers: Sequence[Dispatcher],
+    rejected: list[tuple[Dispatcher, Verdict]],
+) -> Any:
+    """Validate once for all `dispatchers` (one topic, one type); on failure fill `rejected`."""
+    if not dispatchers:
+        return None
+    try:
+        return dispatchers[0]._validate(envelope.data)
+    except PayloadError as exc:
+        rejected.extend((d, d._reject(INVALID, str(exc))) for d in dispatchers)
+        return None
+
+
 def fan_out_here(
     envelope: Envelope, dispatchers: Sequence[Dispatcher]
 ) -> list[tuple[Dispatcher, Verdict]] | None:
@@ -211,14 +222,10 @@ def fan_out_here(
     if envelope.replyto is not None or any(d.handler.sync_call is None for d in dispatchers):
         return None
     unsettled: list[tuple[Dispatcher, Verdict]] = []
-    if not dispatchers:
+    payload = _payload(envelope, dispatchers, unsettled)
+    if unsettled or not dispatchers:
         return unsettled
-    first = dispatchers[0]
-    try:
-        payload = first._validate(envelope.data)
-    except PayloadError as exc:
-        return [(d, d._reject(INVALID, str(exc))) for d in dispatchers]
-    observers = first._observers
+    observers = dispatchers[0]._observers
     token = _current.set(envelope)
     try:
         for dispatcher in dispatchers:
