@@ -131,14 +131,17 @@ class Runtime:
     def notify_publishing(self, envelope: Envelope) -> None:
         notify(self.observers, "publishing", envelope)
 
-    async def request(
+    async def ask(
         self,
         topic: Topic[Any],
         payload: Any,
-        timeout: float,
         source: str | None,
         parent: Envelope | None,
-    ) -> Any:
+    ) -> tuple[Envelope, asyncio.Future[Any]]:
+        """Publish a request; return it and the future its first answer will resolve.
+
+        The caller waits on the future (with its own clock) and calls `forget` after.
+        """
         envelope, body = self.wrap(topic, payload, source, parent, self._reply_topic.name)
         # Registered before publishing: an in-process broker answers before publish() returns.
         waiter: asyncio.Future[Any] = self.loop.create_future()
@@ -147,6 +150,25 @@ class Runtime:
             self.notify_publishing(envelope)
         try:
             await self.broker.publish(envelope, body)
+        except BaseException:
+            self.forget(envelope)
+            raise
+        return envelope, waiter
+
+    def forget(self, request: Envelope) -> None:
+        """Stop waiting for answers to `request`."""
+        self._waiting.pop(request.id, None)
+
+    async def request(
+        self,
+        topic: Topic[Any],
+        payload: Any,
+        timeout: float,
+        source: str | None,
+        parent: Envelope | None,
+    ) -> Any:
+        envelope, waiter = await self.ask(topic, payload, source, parent)
+        try:
             answer = await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             raise RequestTimeoutError(
@@ -154,7 +176,16 @@ class Runtime:
                 "is a service that subscribes to it running?"
             ) from None
         finally:
-            self._waiting.pop(envelope.id, None)
+            self.forget(envelope)
+        return self.answer(topic, answer)
+
+    @staticmethod
+    def answer(topic: Topic[Any], answer: Any) -> Any:
+        """The result an answer carries, read as the topic's reply type.
+
+        Raises:
+            RequestFailedError: the answer says the handler failed.
+        """
         if not answer.get("ok"):
             raise RequestFailedError(
                 f"the handler of topic {topic.name!r} failed: {answer.get('error')}"
