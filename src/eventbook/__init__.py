@@ -32,6 +32,7 @@ from .errors import (
 from .event import Event
 from .observe import Observer
 from .retry import Backoff
+from .saga import Saga, SagaDeterminismError, StepFailedError
 from .topic import Topic
 
 __all__ = [
@@ -51,6 +52,9 @@ __all__ = [
     "PayloadTooLargeError",
     "RequestFailedError",
     "RequestTimeoutError",
+    "Saga",
+    "SagaDeterminismError",
+    "StepFailedError",
     "Topic",
     "UnknownBrokerError",
     "current_event",

@@ -10,19 +10,23 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
-from . import brokers
+from . import brokers, ids
 from .brokers.base import Broker, DeadLetter
+from .clock import Clock
 from .context import _current
 from .envelope import Envelope
 from .errors import ConfigurationError, NotRunningError
 from .lifecycle import Running
 from .observe import Observer
-from .runtime import DEFAULT_MAX_PAYLOAD, Runtime
+from .runtime import DEFAULT_MAX_PAYLOAD, Runtime, SagaSettings
+from .saga import SagaDefinition, define
 from .service import Service, Subscription
+from .store import SagaStore
 from .topic import Topic, check_name
 
 T = TypeVar("T")
 S = TypeVar("S")
+F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("eventbook")
 
@@ -47,6 +51,7 @@ class EventBook:
         self._functions: dict[Callable[..., Any], Service] = {}
         self._observers: list[Observer] = []
         self._runtime: Runtime | None = None
+        self.sagas: list[SagaDefinition] = []
         self._last_broker: Broker | None = None
 
     def __repr__(self) -> str:
@@ -123,12 +128,75 @@ class EventBook:
 
     # -- running ---------------------------------------------------------------------
 
+    def saga(
+        self,
+        name: str,
+        *,
+        start_on: Topic[Any] | None = None,
+        version: int = 1,
+        deadline: float | None = None,
+        expects: Sequence[Topic[Any]] = (),
+    ) -> Callable[[F], F]:
+        """Register a saga: `async def f(saga: eb.Saga, payload)`, journaled step by step.
+
+        Args:
+            name: the saga's name (its instances' ids start with it).
+            start_on: each event of this topic starts one instance (once per event id).
+            version: running instances finish on the version they started with; keep
+                an old version registered until its instances are done.
+            deadline: seconds an instance may take before it is compensated.
+            expects: topics the saga waits on with `saga.expect`.
+
+        Raises:
+            ConfigurationError: the function's shape is wrong, or (name, version) is taken.
+        """
+        check_name("saga", name)
+
+        def register(function: F) -> F:
+            definition = define(name, function, start_on, version, deadline, tuple(expects))
+            if any((d.name, d.version) == (name, version) for d in self.sagas):
+                raise ConfigurationError(f"saga {name!r} version {version} is already registered")
+            self.sagas.append(definition)
+            return function
+
+        return register
+
+    async def start_saga(self, name: str, payload: Any) -> str:
+        """Start an instance of saga `name` (its newest version); return its id.
+
+        Raises:
+            ConfigurationError: no saga has that name.
+            NotRunningError: the book is not running.
+        """
+        runtime = self._running()
+        versions = [d for d in self.sagas if d.name == name]
+        if not versions or runtime.coordinator is None:
+            raise ConfigurationError(f"book {self.name!r} has no saga {name!r}")
+        definition = max(versions, key=lambda d: d.version)
+        saga_id = f"{name}:{ids.new_id()}"
+        await runtime.coordinator.create(definition, definition.load(payload), saga_id)
+        return saga_id
+
+    @property
+    def journal(self) -> SagaStore:
+        """The saga journal of the running book (`get`, `list`, ...).
+
+        Raises:
+            NotRunningError: the book is not running, or has no sagas.
+        """
+        runtime = self._running()
+        if runtime.coordinator is None:
+            raise NotRunningError(f"book {self.name!r} has no sagas")
+        return runtime.coordinator.store
+
     def start(
         self,
         broker: str | None = None,
         *,
         services: Sequence[str] | None = None,
         drain_timeout: float = 30.0,
+        store: str | None = None,
+        clock: Clock | None = None,
     ) -> Running:
         """Connect and start consuming; use as `async with` or, from sync code, `with`.
 
@@ -137,11 +205,14 @@ class EventBook:
 
         Args:
             broker: the broker URL; default `$EVENTBOOK_BROKER`, else `memory://`.
-            services: names of the services to run here; default all.
+            services: names of the services (and sagas) to run here; default all.
             drain_timeout: the longest wait for in-flight work on exit.
+            store: the saga journal's URL; default the broker's own file for
+                `sqlite://`, in-process for `memory://`.
+            clock: the sagas' clock (tests pass `eventbook.testing.VirtualClock`).
         """
         url = broker or os.environ.get("EVENTBOOK_BROKER") or DEFAULT_BROKER
-        return Running(self, url, services, drain_timeout)
+        return Running(self, url, services, drain_timeout, store, clock)
 
     def run(
         self,
@@ -149,19 +220,26 @@ class EventBook:
         *,
         services: Sequence[str] | None = None,
         drain_timeout: float = 30.0,
+        store: str | None = None,
     ) -> None:
         """Run until SIGINT or SIGTERM, then drain in-flight work and return."""
-        asyncio.run(self._serve(broker, services, drain_timeout))
+        asyncio.run(self._serve(broker, services, drain_timeout, store))
 
     async def _serve(
-        self, broker: str | None, services: Sequence[str] | None, drain_timeout: float
+        self,
+        broker: str | None,
+        services: Sequence[str] | None,
+        drain_timeout: float,
+        store: str | None,
     ) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            async with self.start(broker, services=services, drain_timeout=drain_timeout):
+            async with self.start(
+                broker, services=services, drain_timeout=drain_timeout, store=store
+            ):
                 await stop.wait()
                 log.info("%s: stopping; draining in-flight events", self.name)
         finally:
@@ -169,19 +247,21 @@ class EventBook:
                 loop.remove_signal_handler(sig)
 
     def _selected_names(self, names: Sequence[str] | None) -> list[str]:
-        return [service.name for service in self._select(names)]
+        sagas = [f"saga {d.name}" for d in self.sagas if names is None or d.name in names]
+        return [service.name for service in self._select(names)] + sorted(set(sagas))
 
     def _select(self, names: Sequence[str] | None) -> list[Service]:
         if names is None:
             return list(self.services.values())
-        unknown = [n for n in names if n not in self.services]
+        sagas = {d.name for d in self.sagas}
+        unknown = [n for n in names if n not in self.services and n not in sagas]
         if unknown:
-            known = ", ".join(self.services) or "none"
+            known = ", ".join([*self.services, *sorted(sagas)]) or "none"
             raise ConfigurationError(
                 f"book {self.name!r} has no service {', '.join(map(repr, unknown))} "
                 f"(it has: {known})"
             )
-        return [self.services[n] for n in names]
+        return [self.services[n] for n in names if n in self.services]
 
     def _running(self) -> Runtime:
         runtime = self._runtime
@@ -298,12 +378,20 @@ class EventBook:
 
     # -- used by Running -------------------------------------------------------------
 
-    async def _open(self, url: str, names: Sequence[str] | None) -> None:
+    async def _open(
+        self,
+        url: str,
+        names: Sequence[str] | None,
+        store: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         if self._runtime is not None:
             raise ConfigurationError(f"book {self.name!r} is already running")
         selected = self._select(names)
         broker = brokers.from_url(url, self.name)
+        coordinate = names is None or any(d.name in names for d in self.sagas)
         runtime = Runtime(self, broker, selected, self.max_payload)
+        runtime.sagas = SagaSettings(store, clock or Clock(), coordinate)
         self._runtime = runtime
         try:
             await runtime.open()

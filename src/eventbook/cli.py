@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -26,6 +27,8 @@ from . import brokers
 from .book import EventBook
 from .brokers.base import Broker, DeadLetter
 from .errors import ConfigurationError, EventbookError
+from .runtime import journal_url
+from .store import SagaRecord, SagaStore, StepRecord, store_from_url
 
 app = typer.Typer(
     name="eventbook",
@@ -75,6 +78,12 @@ def load_book(target: str) -> EventBook:
     return book
 
 
+class Failing(enum.StrEnum):
+    bank = "bank"
+    mail = "mail"
+    post = "post"
+
+
 class Style(enum.StrEnum):
     choreography = "choreography"
     orchestration = "orchestration"
@@ -85,11 +94,15 @@ class Style(enum.StrEnum):
 def demo(
     style: Annotated[Style, typer.Option(help="Which sign-up to run.")] = Style.both,
     broker: BrokerOption = None,
+    fail: Annotated[
+        Failing | None,
+        typer.Option(help="Make this service's saga step fail, to watch the undo."),
+    ] = None,
 ) -> None:
     """Run the seed's sign-up (customer SELO) as choreography, orchestration, or both."""
     from . import demo as demo_module
 
-    demo_module.run(style.value, broker_url(broker), console)
+    demo_module.run(style.value, broker_url(broker), console, fail.value if fail else None)
 
 
 @app.command()
@@ -226,6 +239,169 @@ def _settling_command(action: str, summary: str) -> None:
 
 _settling_command("replay", "Send dead letters back to their handler, as a first attempt.")
 _settling_command("purge", "Delete dead letters for good.")
+
+
+sagas = typer.Typer(help="Sagas: list, show, retry or skip them.", no_args_is_help=True)
+app.add_typer(sagas, name="sagas")
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option("--store", help="The saga journal; default the broker's file (sqlite://)."),
+]
+SagaId = Annotated[str, typer.Argument(help="The saga's id (see `eventbook sagas list`).")]
+
+
+@asynccontextmanager
+async def journal(target: str, broker: str | None, store: str | None) -> AsyncIterator[SagaStore]:
+    """The book's saga journal, opened for tooling."""
+    book = load_book(target)
+    if not book.sagas:
+        raise EventbookError(f"book {book.name!r} has no sagas")
+    opened = store_from_url(journal_url(broker_url(broker), store))
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def _when(seconds: float | None) -> str:
+    if not seconds:
+        return ""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+@sagas.command("list")
+def sagas_list(
+    target: Target,
+    broker: BrokerOption = None,
+    store: StoreOption = None,
+    state: Annotated[list[str] | None, typer.Option(help="Only sagas in this state.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List sagas, newest first: state, current step, and when they last moved."""
+
+    async def fetch() -> list[tuple[SagaRecord, list[StepRecord]]]:
+        async with journal(target, broker, store) as opened:
+            found = []
+            for record in await opened.list(state or None, limit=1000):
+                loaded = await opened.get(record.id)
+                found.append(loaded if loaded is not None else (record, []))
+            return found
+
+    rows = asyncio.run(fetch())
+    if as_json:
+        print(json.dumps([_saga_json(r, s) for r, s in rows], indent=2))
+        return
+    if not rows:
+        console.print("no sagas")
+        return
+    table = Table("id", "saga", "version", "state", "current step", "updated", "error")
+    for record, steps in rows:
+        table.add_row(
+            record.id,
+            record.name,
+            str(record.version),
+            record.state,
+            _current(record, steps),
+            _when(record.updated_at),
+            (record.error or "").splitlines()[0] if record.error else "",
+        )
+    console.print(table)
+
+
+@sagas.command("show")
+def sagas_show(
+    target: Target,
+    saga_id: SagaId,
+    broker: BrokerOption = None,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one saga: its state, current step, and history with timings and errors."""
+    record, steps = _load(target, saga_id, broker, store)
+    if as_json:
+        print(json.dumps(_saga_json(record, steps), indent=2))
+        return
+    console.print(f"[bold]{record.id}[/] ({record.name} v{record.version}): {record.state}")
+    if record.error:
+        console.print(f"error: {record.error}", highlight=False, markup=False)
+    console.print(f"current step: {_current(record, steps)}")
+    table = Table("#", "kind", "step", "status", "tries", "started", "took", "error")
+    for step in steps:
+        took = (
+            f"{(step.finished_at - step.started_at) * 1000:.1f} ms"
+            if step.finished_at is not None
+            else ""
+        )
+        table.add_row(
+            str(step.position),
+            step.kind,
+            step.name,
+            step.status,
+            str(step.attempts),
+            _when(step.started_at),
+            took,
+            step.error or "",
+        )
+    console.print(table)
+
+
+def _load(
+    target: str, saga_id: str, broker: str | None, store: str | None
+) -> tuple[SagaRecord, list[StepRecord]]:
+    async def fetch() -> tuple[SagaRecord, list[StepRecord]] | None:
+        async with journal(target, broker, store) as opened:
+            return await opened.get(saga_id)
+
+    found = asyncio.run(fetch())
+    if found is None:
+        raise EventbookError(f"no saga with id {saga_id!r} (see `eventbook sagas list`)")
+    return found
+
+
+def _operate(target: str, saga_id: str, broker: str | None, store: str | None, to: str) -> None:
+    record, _ = _load(target, saga_id, broker, store)
+    if record.state != "failed":
+        raise EventbookError(
+            f"saga {saga_id!r} is {record.state}; only a failed saga is retried or skipped"
+        )
+
+    async def change() -> None:
+        async with journal(target, broker, store) as opened:
+            note = record.error if to == "compensating" else f"{record.error}; skipped by hand"
+            await opened.force_state(saga_id, to, note)  # type: ignore[arg-type]
+
+    asyncio.run(change())
+
+
+@sagas.command("retry")
+def sagas_retry(
+    target: Target, saga_id: SagaId, broker: BrokerOption = None, store: StoreOption = None
+) -> None:
+    """Try the undo of a failed saga again (a running coordinator takes it back)."""
+    _operate(target, saga_id, broker, store, "compensating")
+    console.print(f"{saga_id}: compensating again")
+
+
+@sagas.command("skip")
+def sagas_skip(
+    target: Target, saga_id: SagaId, broker: BrokerOption = None, store: StoreOption = None
+) -> None:
+    """Close a failed saga by hand, as compensated: a person has dealt with it."""
+    _operate(target, saga_id, broker, store, "compensated")
+    console.print(f"{saga_id}: closed as compensated")
+
+
+def _current(record: SagaRecord, steps: list[StepRecord]) -> str:
+    if record.state in ("completed", "compensated"):
+        return ""
+    open_steps = [s for s in steps if s.status != "done"]
+    return f"{open_steps[-1].kind} {open_steps[-1].name}" if open_steps else ""
+
+
+def _saga_json(record: SagaRecord, steps: list[StepRecord]) -> dict[str, object]:
+    return {**dataclasses.asdict(record), "steps": [dataclasses.asdict(s) for s in steps]}
 
 
 def _letter_json(letter: DeadLetter) -> dict[str, object]:

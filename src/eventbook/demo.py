@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import threading
 from typing import Any
 
@@ -115,51 +116,90 @@ def choreography(console: Console) -> tuple[eb.EventBook, Any]:
     return book, act
 
 
-def orchestration(console: Console) -> tuple[eb.EventBook, Any]:
-    """Build the orchestrated book; return it and the action that runs the sign-up."""
-    book = eb.EventBook("signup-orchestration")
-    OPEN_ACCOUNT = book.topic("bank.open_account", Customer, reply=Account)
-    SEND_MAIL = book.topic("mail.send_welcome", Customer)
-    SEND_PACKAGE = book.topic("post.send_package", Customer)
+def orchestration(console: Console, fail: str | None = None) -> tuple[eb.EventBook, Any]:
+    """Build the orchestrated book: the sign-up as a durable saga.
 
-    me = "/signup-orchestration/CustomerService"
+    With `fail` ('bank', 'mail' or 'post') that service's step fails on every try,
+    and the saga undoes the completed steps in reverse order.
+    """
+    book = eb.EventBook("signup-orchestration")
+    SIGNUP = book.topic("customer.signup", Customer)
+
+    def failing(service: str) -> None:
+        if fail == service:
+            console.print(f"    [red]{service.capitalize()}Service is down[/]")
+            raise RuntimeError(f"{service} is down")
 
     @book.service
     class CustomerService:
-        async def signup(self, customer: Customer) -> Account:
-            account: Account = await book.request(OPEN_ACCOUNT, customer, source=me)
-            await book.request(SEND_MAIL, customer, source=me)
-            await book.request(SEND_PACKAGE, customer, source=me)
-            console.print(
-                f"[bold cyan]CustomerService[/] signed up {customer.name}: {account.number}"
-            )
-            return account
+        async def signup(self, customer: Customer) -> str:
+            """Publish the sign-up; return the id of the saga it starts."""
+            envelope = await book.publish(SIGNUP, customer, source=f"/{book.name}/CustomerService")
+            return f"customer.onboarding:{envelope.id}"
 
     @book.service
     class BankService:
-        @eb.sub(OPEN_ACCOUNT)
         def create_account(self, customer: Customer) -> Account:
+            failing("bank")
             console.print(
                 f"    Service Name: {type(self).__name__}, Customer Name: {customer.name}"
             )
             return Account(number="ACC-0001", holder=customer.name)
 
+        def close_account(self, customer: Customer) -> None:
+            console.print(
+                f"    Service Name: {type(self).__name__}, closed the account of {customer.name}"
+            )
+
     @book.service
     class MailService:
-        @eb.sub(SEND_MAIL)
         async def send(self, customer: Customer) -> None:
+            failing("mail")
             console.print(f"    Service Name: {type(self).__name__}, To: {customer.email}")
+
+        async def apologize(self, customer: Customer) -> None:
+            console.print(
+                f"    Service Name: {type(self).__name__}, sorry mail to {customer.email}"
+            )
 
     @book.service
     class PostService:
-        @eb.sub(SEND_PACKAGE)
         def send(self, customer: Customer) -> None:
+            failing("post")
             console.print(f"    Service Name: {type(self).__name__}, Address: {customer.address}")
 
+    @book.saga("customer.onboarding", start_on=SIGNUP)
+    async def onboard(saga: eb.Saga, customer: Customer) -> None:
+        await saga.step(BankService.create_account, customer, undo=BankService.close_account)
+        await saga.step(MailService.send, customer, undo=MailService.apologize)
+        await saga.step(PostService.send, customer, retry=1, timeout=30)
+
     async def act() -> None:
-        await CustomerService().signup(Customer(**SELO))
+        saga_id = await CustomerService().signup(Customer(**SELO))
+        record, steps = await _finished(book, saga_id)
+        for step in steps:
+            verdict = {"done": "[green]done[/]", "failed": "[red]failed[/]"}.get(
+                step.status, step.status
+            )
+            what = "undo" if step.kind == "undo" else "step"
+            detail = f" ({step.error})" if step.error else ""
+            console.print(f"  saga {what} {step.name}: {verdict}{detail}")
+        colour = "green" if record.state == "completed" else "yellow"
+        console.print(f"[bold cyan]saga customer.onboarding[/] [{colour}]{record.state}[/]")
 
     return book, act
+
+
+async def _finished(book: eb.EventBook, saga_id: str, timeout: float = 60.0) -> Any:
+    """Wait until the saga ended; return its record and journal."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = await book.journal.get(saga_id)
+        if found is not None and found[0].state in ("completed", "compensated", "failed"):
+            return found
+        if asyncio.get_running_loop().time() > deadline:
+            raise eb.EventbookError(f"saga {saga_id} did not finish within {timeout:g}s")
+        await asyncio.sleep(0.02)
 
 
 #: Bank, Mail and Post get the sign-up; Mail gets the update.
@@ -168,14 +208,18 @@ CHOREOGRAPHY_DELIVERIES = 4
 STYLES = {"choreography": choreography, "orchestration": orchestration}
 
 
-def run(style: str, broker: str | None, console: Console) -> None:
+def run(style: str, broker: str | None, console: Console, fail: str | None = None) -> None:
     """Run the sign-up in `style` ('choreography', 'orchestration' or 'both')."""
     for name in STYLES if style == "both" else [style]:
         console.rule(f"[bold]{name}")
-        book, act = STYLES[name](console)
+        book, act = (
+            orchestration(console, fail) if name == "orchestration" else choreography(console)
+        )
         trace = Trace(console)
         book.observe(trace)
         if inspect.iscoroutinefunction(act):
+            # The saga's journal tells the story; its retry warnings would only repeat it.
+            logging.getLogger("eventbook.saga").setLevel(logging.ERROR)
             asyncio.run(_run_async(book, act, broker))
         else:
             with book.start(broker):

@@ -53,6 +53,10 @@ class BrokerError(EventbookError):
     """The broker refused an operation or could not be reached."""
 
 
+class StoreError(EventbookError):
+    """A store (saga journal) refused an operation or could not be reached."""
+
+
 class RequestTimeoutError(EventbookError, TimeoutError):
     """Nobody answered a request before its timeout."""
 

@@ -13,6 +13,7 @@ from .errors import redact
 
 if TYPE_CHECKING:
     from .book import EventBook
+    from .clock import Clock
 
 log = logging.getLogger("eventbook")
 
@@ -31,16 +32,20 @@ class Running:
         url: str,
         services: Sequence[str] | None,
         drain_timeout: float,
+        store: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.book = book
         self.url = url
         self.services = services
         self.drain_timeout = drain_timeout
+        self.store = store
+        self.clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
     async def __aenter__(self) -> EventBook:
-        await self.book._open(self.url, self.services)
+        await self.book._open(self.url, self.services, self.store, self.clock)
         names = self.book._selected_names(self.services)
         log.info(
             "%s: started on %s, running %s",

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic_core import to_jsonable_python
 
 from . import ids
+from .clock import Clock
 from .delivery import Dispatcher, notify
 from .envelope import Envelope, encode
 from .errors import (
@@ -20,17 +23,50 @@ from .errors import (
 )
 from .retry import RetryPolicy
 from .service import Handler
+from .store import store_from_url
 from .topic import Topic
 
 if TYPE_CHECKING:
     from .book import EventBook
     from .brokers.base import Broker
+    from .coordinator import Coordinator
     from .observe import Observer
     from .service import Service
 
 log = logging.getLogger("eventbook")
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SagaSettings:
+    """How this process runs the book's sagas, if it has any."""
+
+    store: str | None
+    clock: Clock
+    coordinate: bool
+
+
+def journal_url(broker_url: str, store: str | None) -> str:
+    """The saga journal: `store`, else the broker's own file (sqlite) or memory.
+
+    Raises:
+        ConfigurationError: a networked broker and no store.
+    """
+    if store:
+        return store
+    parts = urlsplit(broker_url)
+    if parts.scheme == "memory":
+        return "memory://"
+    if parts.scheme == "sqlite":
+        # The same file; of the broker's settings only the lease applies to sagas too.
+        lease = parse_qs(parts.query).get("lease")
+        path = broker_url.split("?", 1)[0]
+        return f"{path}?lease={lease[-1]}" if lease else path
+    raise ConfigurationError(
+        f"sagas need a journal: pass store= (`--store`) with a sqlite:/// or postgresql:// "
+        f"URL; the {parts.scheme}:// broker does not keep one"
+    )
 
 
 class Runtime:
@@ -55,6 +91,8 @@ class Runtime:
         self._waiting: dict[str, asyncio.Future[Any]] = {}
         # An in-process broker may deliver in a sync publisher's own thread.
         self.publish_here: Callable[[Envelope], bool] | None = getattr(broker, "publish_here", None)
+        self.sagas = SagaSettings(None, Clock(), True)
+        self.coordinator: Coordinator | None = None
 
     async def open(self) -> None:
         await self.broker.connect()
@@ -73,14 +111,29 @@ class Runtime:
             for handler in service.handlers():
                 await self.broker.consume(handler, Dispatcher(handler, self))
                 self.handlers.append(handler)
+        if self.book.sagas:
+            from .coordinator import Coordinator
+
+            url = journal_url(self.broker.url, self.sagas.store)
+            store = store_from_url(url)
+            await store.open()
+            lease = parse_qs(urlsplit(url).query).get("lease")
+            self.coordinator = Coordinator(
+                self, store, self.sagas.clock, lease=float(lease[-1]) if lease else 30.0
+            )
+            await self.coordinator.start(self.services, self.sagas.coordinate)
 
     async def close(self, drain_timeout: float) -> None:
         try:
+            if self.coordinator is not None:
+                await self.coordinator.stop(drain_timeout)
             await self.broker.drain(drain_timeout)
         finally:
             for waiter in self._waiting.values():
                 waiter.cancel()
             await self.broker.close()
+            if self.coordinator is not None:
+                await self.coordinator.store.close()
 
     def wrap(
         self,

@@ -168,6 +168,13 @@ class Service:
         """Record one more subscription of a function service."""
         self._members.setdefault(attr, []).append(subscription)
 
+    @property
+    def cls(self) -> type | None:
+        """The service's class; None for a one-function service."""
+        if self._function is not None:
+            return None
+        return self._target if inspect.isclass(self._target) else type(self._target)
+
     def handler_name(self, attr: str) -> str:
         """The name of a handler, which is also its consumer group on the broker."""
         return attr if self._function else f"{self.name}.{attr}"

@@ -32,8 +32,30 @@ def test_demo_prints_the_signup_in_both_styles_with_every_service_named(tmp_path
         assert "Service Name: PostService, Address: Seoul, Korea" in part
     assert "CustomerService published customer.signup" in choreography
     assert "MailService.send handled customer.update" in choreography
-    assert "CustomerService requested bank.open_account" in orchestration
-    assert "signed up SELO: ACC-0001" in orchestration
+    assert "saga step PostService.send: done" in orchestration
+    assert "saga customer.onboarding completed" in orchestration
+
+
+def test_orchestration_demo_with_a_failing_post_undoes_in_reverse(tmp_path: Path) -> None:
+    result = eventbook("demo", "--style", "orchestration", "--fail", "post", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    failed = lines.index("saga step PostService.send: failed (RuntimeError: post is down)")
+    assert lines[failed + 1 :] == [
+        "saga undo MailService.apologize: done",
+        "saga undo BankService.close_account: done",
+        "saga customer.onboarding compensated",
+    ]
+    # The services ran in this order: bank, mail, post (down), then the undos, reversed.
+    said = [line for line in lines if line.startswith(("Service Name", "PostService is down"))]
+    assert said == [
+        "Service Name: BankService, Customer Name: SELO",
+        "Service Name: MailService, To: rochan87@gmail.com",
+        "PostService is down",
+        "PostService is down",
+        "Service Name: MailService, sorry mail to rochan87@gmail.com",
+        "Service Name: BankService, closed the account of SELO",
+    ]
 
 
 def test_demo_runs_one_style() -> None:
