@@ -115,11 +115,15 @@ def run(
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds to let in-flight handlers finish on shutdown.")
     ] = 30.0,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="The saga journal; default the broker's file (sqlite://)."),
+    ] = None,
 ) -> None:
-    """Run a book's services until SIGINT or SIGTERM, then drain and exit 0."""
+    """Run a book's services (and sagas) until SIGINT or SIGTERM, then drain and exit 0."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     book = load_book(target)
-    book.run(broker_url(broker), services=service or None, drain_timeout=drain_timeout)
+    book.run(broker_url(broker), services=service or None, drain_timeout=drain_timeout, store=store)
 
 
 dlq = typer.Typer(help="Dead letters: list, show, replay or purge them.", no_args_is_help=True)

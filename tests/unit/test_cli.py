@@ -225,3 +225,116 @@ def test_dlq_lists_shows_replays_and_purges(tmp_path: Path) -> None:
     assert "purged 1" in purged.stdout
     empty = eventbook("dlq", "list", "app:book", "-b", url, cwd=tmp_path)
     assert "no dead letters" in empty.stdout
+
+
+SAGA_APP = """
+import eventbook as eb
+
+class Order(eb.Event):
+    n: int
+
+book = eb.EventBook("shop")
+ORDERS = book.topic("orders", Order)
+
+@book.service
+class BankService:
+    def charge(self, order: Order) -> dict:
+        return {"charged": order.n}
+
+    def refund(self, order: Order) -> None:
+        raise RuntimeError("the refund desk is closed")
+
+@book.service
+class PostService:
+    def ship(self, order: Order) -> None:
+        raise RuntimeError("no trucks")
+
+@book.saga("checkout", start_on=ORDERS)
+async def checkout(saga: eb.Saga, order: Order) -> None:
+    await saga.step(BankService.charge, order, undo=BankService.refund)
+    await saga.step(PostService.ship, order)
+"""
+
+
+def test_sagas_list_show_retry_and_skip(tmp_path: Path) -> None:
+    import asyncio
+    import importlib.util
+    import json
+
+    (tmp_path / "app.py").write_text(SAGA_APP)
+    url = f"sqlite:///{tmp_path}/app.db"
+    spec = importlib.util.spec_from_file_location("saga_app", tmp_path / "app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    async def run_one() -> str:
+        from eventbook.testing import eventually
+
+        async with module.book.start(url):
+            envelope = await module.book.publish(module.ORDERS, module.Order(n=7))
+            saga_id = f"checkout:{envelope.id}"
+
+            async def ended() -> bool:
+                found = await module.book.journal.get(saga_id)
+                return found is not None and found[0].state == "failed"
+
+            await eventually(ended, 60)
+            return saga_id
+
+    saga_id = asyncio.run(run_one())
+    listed = eventbook("sagas", "list", "app:book", "-b", url, cwd=tmp_path, COLUMNS="250")
+    assert listed.returncode == 0, listed.stderr
+    assert saga_id in listed.stdout
+    assert "failed" in listed.stdout
+    [saga] = json.loads(
+        eventbook("sagas", "list", "app:book", "-b", url, "--json", cwd=tmp_path).stdout
+    )
+    assert saga["state"] == "failed"
+    assert [(s["kind"], s["name"], s["status"]) for s in saga["steps"]] == [
+        ("step", "BankService.charge", "done"),
+        ("step", "PostService.ship", "failed"),
+        ("undo", "BankService.refund", "failed"),
+    ]
+    assert "the refund desk is closed" in saga["error"]
+
+    shown = eventbook("sagas", "show", "app:book", saga_id, "-b", url, cwd=tmp_path, COLUMNS="250")
+    assert shown.returncode == 0, shown.stderr
+    assert "RuntimeError: no trucks" in shown.stdout
+    assert "current step: undo BankService.refund" in shown.stdout
+
+    retried = eventbook("sagas", "retry", "app:book", saga_id, "-b", url, cwd=tmp_path)
+    assert retried.returncode == 0, retried.stderr
+    state = json.loads(
+        eventbook("sagas", "list", "app:book", "-b", url, "--json", cwd=tmp_path).stdout
+    )
+    assert state[0]["state"] == "compensating"  # a running coordinator would take it back
+
+    skipped = eventbook("sagas", "skip", "app:book", saga_id, "-b", url, cwd=tmp_path)
+    assert skipped.returncode == 2  # only a failed saga is skipped
+    assert "only a failed saga" in skipped.stderr
+
+    async def coordinate_again() -> None:
+        from eventbook.testing import eventually
+
+        async with module.book.start(url):  # takes it back; the refund fails again
+
+            async def failed_again() -> bool:
+                found = await module.book.journal.get(saga_id)
+                return found is not None and found[0].state == "failed"
+
+            await eventually(failed_again, 60)
+
+    asyncio.run(coordinate_again())
+    skipped = eventbook("sagas", "skip", "app:book", saga_id, "-b", url, cwd=tmp_path)
+    assert skipped.returncode == 0, skipped.stderr
+    [saga] = json.loads(
+        eventbook("sagas", "list", "app:book", "-b", url, "--json", cwd=tmp_path).stdout
+    )
+    assert saga["state"] == "compensated"
+    assert "skipped by hand" in saga["error"]
+
+    missing = eventbook("sagas", "show", "app:book", "checkout:nope", "-b", url, cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "no saga with id 'checkout:nope'" in missing.stderr

@@ -215,3 +215,81 @@ def test_saga_functions_are_checked_when_registered() -> None:
 
         @book.saga("y", start_on=topic)
         async def wrong_type(saga: eb.Saga, payload: Account) -> None: ...
+
+
+async def test_a_deadline_compensates_a_saga_that_takes_too_long() -> None:
+    book = eb.EventBook("deadlines")
+    clock = VirtualClock()
+    calls: list[str] = []
+
+    @book.service
+    class BankService:
+        def create_account(self, customer: Customer) -> None:
+            calls.append("create")
+
+        def close_account(self, customer: Customer) -> None:
+            calls.append("close")
+
+    @book.saga("slow", deadline=60)
+    async def slow(saga: eb.Saga, customer: Customer) -> None:
+        await saga.step(BankService.create_account, customer, undo=BankService.close_account)
+        await saga.sleep(3600)  # longer than the deadline
+
+    async with book.start("memory://", clock=clock):
+        saga_id = await book.start_saga("slow", SELO)
+        await eventually(lambda: clock.sleepers >= 2, 30)  # the sleep and the deadline
+        await clock.advance(60)
+        record, _ = await finished(book, saga_id)
+    assert record.state == "compensated"
+    assert "deadline" in (record.error or "")
+    assert calls == ["create", "close"]
+
+
+async def test_expect_waits_for_a_matching_event_and_publish_happens_once() -> None:
+    book = eb.EventBook("expecting")
+    confirmations = book.topic("mail.confirmed", Customer)
+    welcomes = book.topic("mail.welcome", Customer)
+    seen: list[str] = []
+
+    @eb.sub(welcomes)
+    def count(customer: Customer) -> None:
+        seen.append(customer.email)
+
+    @book.saga("confirm", expects=[confirmations])
+    async def confirm(saga: eb.Saga, customer: Customer) -> None:
+        await saga.publish(welcomes, customer)
+        got = await saga.expect(confirmations, where=lambda c: c.email == customer.email)
+        assert got.name == "SELO"
+
+    async with book.start("memory://"):
+        saga_id = await book.start_saga("confirm", SELO)
+        await eventually(lambda: seen == [SELO.email], 30)
+        await book.publish(confirmations, SELO.model_copy(update={"email": "other@x"}))
+        await book.publish(confirmations, SELO)
+        record, steps = await finished(book, saga_id)
+    assert record.state == "completed"
+    assert summary(steps) == [
+        ("publish", "publish:mail.welcome", "done"),
+        ("expect", "expect:mail.confirmed", "done"),
+    ]
+    assert seen == [SELO.email]
+
+
+async def test_a_saga_started_on_an_older_version_fails_with_the_reason(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/eb.db"
+    calls: list[str] = []
+    book, signup, _, _ = build(calls, hang="mail.send")
+    async with book.start(url, drain_timeout=0.1):
+        envelope = await book.publish(signup, SELO)
+        await eventually(lambda: "mail.send (hangs)" in calls, 30)
+    newer = eb.EventBook("onboarding")
+    newer_signup = newer.topic("customer.signup", Customer)
+
+    @newer.saga("customer.onboarding", start_on=newer_signup, version=2)
+    async def onboard(saga: eb.Saga, customer: Customer) -> None: ...
+
+    async with newer.start(url):
+        record, _ = await finished(newer, f"customer.onboarding:{envelope.id}")
+    assert record.state == "failed"
+    assert "started on version 1" in (record.error or "")
+    assert "versions [2]" in (record.error or "")

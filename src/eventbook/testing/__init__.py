@@ -11,6 +11,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 
+from ..clock import VirtualClock
 from ..envelope import Envelope
 from ..observe import Observer
 from ..service import Handler
@@ -67,3 +68,6 @@ class Recorder(Observer):
 
     def rejected(self, handler: Handler, reason: str, error: str) -> None:
         self.rejections.append((handler.name, reason, error))
+
+
+__all__ = ["Recorder", "VirtualClock", "eventually"]
