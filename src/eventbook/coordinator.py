@@ -368,9 +368,12 @@ class Drive:
         result: Any,
         error: str | None = None,
         attempts: int = 1,
+        started_at: float | None = None,
     ) -> None:
         previous = self.journal.get(position)
         now = self.clock.now()
+        if started_at is None:
+            started_at = previous.started_at if previous is not None else now
         step = StepRecord(
             saga_id=self.record.id,
             position=position,
@@ -379,7 +382,7 @@ class Drive:
             status=status,
             result=result,
             error=error,
-            started_at=previous.started_at if previous is not None else now,
+            started_at=started_at,
             finished_at=None if status == "started" else now,
             attempts=attempts,
         )
@@ -403,8 +406,9 @@ class Drive:
         c = self.coordinator
         service, method = c.target_of(target)
         name = step_name(target)
-        if entry is None:
-            await self.journal_step(position, kind, name, "started", None)
+        # No "started" entry: a step cut short by a crash is sent again under the same
+        # idempotency key, and the participant answers from its record if it ran.
+        started = entry.started_at if entry is not None else self.clock.now()
         topic: Topic[Any] = Topic(c.book, command_topic_name(service.name), Any)
         command = {
             "method": method,
@@ -424,7 +428,13 @@ class Drive:
                 reply = answer.get("result") if answer.get("ok") else None
                 if isinstance(reply, dict) and reply.get("ok"):
                     await self.journal_step(
-                        position, kind, name, "done", reply.get("result"), attempts=attempt
+                        position,
+                        kind,
+                        name,
+                        "done",
+                        reply.get("result"),
+                        attempts=attempt,
+                        started_at=started,
                     )
                     return reply.get("result")
                 error = str((reply or answer).get("error", "failed"))
@@ -435,7 +445,9 @@ class Drive:
             )
             if attempt <= retry:
                 await self.clock.sleep(backoff.delay(attempt))
-        await self.journal_step(position, kind, name, "failed", None, error, attempts=retry + 1)
+        await self.journal_step(
+            position, kind, name, "failed", None, error, attempts=retry + 1, started_at=started
+        )
         raise StepFailedError(name, position, error)
 
     async def publish_once(self, position: int, topic: Topic[Any], payload: Any) -> None:

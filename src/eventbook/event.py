@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+import functools
+from collections.abc import Hashable
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -38,7 +40,7 @@ class PayloadType(Generic[T]):
     @property
     def adapter(self) -> TypeAdapter[T]:
         if self._adapter is None:
-            self._adapter = TypeAdapter(self.type)
+            self._adapter = adapter_for(cast(Hashable, self.type))
         return self._adapter
 
     def validate(self, value: Any) -> T:
@@ -61,6 +63,12 @@ class PayloadType(Generic[T]):
     def json_schema(self) -> dict[str, Any]:
         """Return the JSON Schema of the topic's payload."""
         return self.adapter.json_schema()
+
+
+@functools.lru_cache(maxsize=4096)
+def adapter_for(tp: Any) -> TypeAdapter[Any]:
+    """One pydantic TypeAdapter per type: building one costs far more than using it."""
+    return TypeAdapter(tp)
 
 
 def _payload_error(topic: str, exc: ValidationError) -> PayloadError:

@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
 from .errors import ConfigurationError, EventbookError
+from .event import adapter_for
 from .retry import Backoff
 from .store import StepRecord
 
@@ -254,10 +254,7 @@ def _return_type(target: Callable[..., Any]) -> Any:
         return Any
 
 
-@functools.lru_cache(maxsize=1024)
-def adapter(tp: Any) -> TypeAdapter[Any]:
-    """One pydantic TypeAdapter per type: building one costs far more than using it."""
-    return TypeAdapter(tp)
+adapter = adapter_for
 
 
 def jsonable(value: Any) -> Any:

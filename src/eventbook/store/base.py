@@ -105,8 +105,9 @@ class SagaStore(ABC):
     ) -> list[SagaRecord]:
         """Lease up to `limit` active sagas to `owner`, oldest first, and return them.
 
-        A saga can be taken when it has no owner, its lease has run out, or `owner`
-        already holds it; its lease then ends `lease` seconds from now. Two
+        A saga can be taken when it has no owner or its lease has run out; its lease
+        then ends `lease` seconds from now. What `owner` holds already is not handed
+        back (a coordinator asks for room it has free: `renew` keeps the rest). Two
         coordinators claiming at once never get the same saga.
 
         Args:

@@ -79,7 +79,7 @@ class MemorySagaStore(SagaStore):
                 for saga in self._sagas.values()
                 if saga.state in ACTIVE_STATES
                 and (wanted is None or saga.name in wanted)
-                and (saga.owner is None or saga.lease_until < now or saga.owner == owner)
+                and (saga.owner is None or saga.lease_until < now)
             ),
             key=lambda saga: (saga.created_at, saga.id),
         )[: max(limit, 0)]

@@ -45,7 +45,7 @@ _ACTIVE = ", ".join(f"'{state}'" for state in ACTIVE_STATES)
 _SAGA_COLUMNS = (
     "id, name, version, state, payload, created_at, updated_at, deadline, owner, lease_until, error"
 )
-_CLAIMABLE = f"state IN ({_ACTIVE}) AND (owner IS NULL OR lease_until < {NOW} OR owner = %(owner)s)"
+_CLAIMABLE = f"state IN ({_ACTIVE}) AND (owner IS NULL OR lease_until < {NOW})"
 _CLAIM = f"""
     WITH picked AS (
         SELECT id FROM eb_sagas WHERE {_CLAIMABLE} {{names}}

@@ -133,8 +133,8 @@ def claim(
     names: list[str] | None,
 ) -> list[SagaRecord]:
     """Lease up to `limit` claimable sagas to `owner`, oldest first."""
-    where = f"state IN ({_ACTIVE}) AND (owner IS NULL OR lease_until < ? OR owner = ?)"
-    params: list[Any] = [now, owner]
+    where = f"state IN ({_ACTIVE}) AND (owner IS NULL OR lease_until < ?)"
+    params: list[Any] = [now]
     if names is not None:
         where += " AND name IN (SELECT value FROM json_each(?))"
         params.append(json.dumps(names))
