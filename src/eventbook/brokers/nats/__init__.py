@@ -1,4 +1,4 @@
-"""`nats://host:4222`: NATS JetStream, for production and clusters.
+"""`nats://host:4222`: NATS JetStream (server 2.9 or later), for production and clusters.
 
 Each book is one stream capturing `<book>.>` (interest retention: an event stays
 until every handler that wants it acked it); topic `T` is the subject `<book>.T`;

@@ -19,7 +19,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from ...errors import BrokerError, ConfigurationError, redact
 from ..base import DeadLetter, Deliver
@@ -39,6 +39,8 @@ log = logging.getLogger("eventbook.brokers.nats")
 RECONNECT_WAIT = 0.5
 #: Seconds a reply consumer of a crashed process outlives it on the server.
 REPLY_IDLE = 120.0
+#: JetStream's error code for a stream whose subjects overlap another stream's.
+_SUBJECTS_OVERLAP = 10065
 
 
 class _JetStreamUnavailable(Exception):
@@ -187,6 +189,14 @@ class NatsBroker:
                 return
         except ServiceUnavailableError:
             raise _JetStreamUnavailable from None
+        except APIError as exc:
+            if exc.err_code == _SUBJECTS_OVERLAP:
+                raise ConfigurationError(
+                    f"cannot create the NATS stream {name}: its subjects {config.subjects} "
+                    "overlap another stream's (books whose names nest at a dot, like 'shop' "
+                    "and 'shop.eu', cannot share a NATS server): rename the book"
+                ) from None
+            raise BrokerError(f"cannot create the NATS stream {name}: {exc}") from None
         except NatsError as exc:
             raise BrokerError(f"cannot create the NATS stream {name}: {exc}") from None
         if info.config.subjects != config.subjects:

@@ -110,6 +110,7 @@ class Consumer:
         self.heard = 0.0  # when the server last sent something to the inbox
         self.verify = False  # check that the server still has the consumer
         self.stopping = False
+        self.delivering = False  # the loop itself runs a handler (concurrency 1)
         self._slots = asyncio.Semaphore(handler.concurrency)
         self._changed = asyncio.Event()
 
@@ -202,7 +203,9 @@ class Consumer:
                 continue
             self.held.add(message)
             if self.concurrency == 1:
+                self.delivering = True
                 await self._deliver(message)  # in order, one at a time: no task needed
+                self.delivering = False
                 continue
             await self._slots.acquire()
             task = asyncio.create_task(self._deliver_and_release(message))
@@ -252,8 +255,9 @@ class Consumer:
         """Stop pulling and starting events; give back those received and not started."""
         self.stopping = True
         self._changed.set()
-        if self.task is not None and self.concurrency > 1:
-            # The loop may wait for a free slot; it must not start one more event.
+        if self.task is not None and not self.delivering:
+            # Unless it runs a handler (concurrency 1), the loop may wait: for a free
+            # slot, the server, or a back-off. It must not start one more event.
             self.task.cancel()
         await self._unsubscribe()
         while self.buffer:

@@ -53,13 +53,15 @@ class Letters:
         if len(error_json) > room:
             cut = max(0, room - 100)
             error_json = json.dumps(error[:cut] + "\n… (cut to fit the NATS max_payload)")
+        event_id = original.get(names.MSG_ID, "")
         headers = {
-            names.MSG_ID: f"{consumer.name}:{message.seq}",
+            # The same delivery dead-lettered again (its ack was lost) is one dead letter.
+            names.MSG_ID: f"{consumer.name}:{message.seq}:{event_id}",
             names.TOPIC: consumer.topic,
             names.HANDLER: consumer.group,
             names.REASON: reason,
             names.ATTEMPTS: str(message.attempt),
-            names.EVENT_ID: original.get(names.MSG_ID, ""),
+            names.EVENT_ID: event_id,
             names.FAILED_AT: datetime.now(UTC).isoformat(timespec="milliseconds"),
             names.ERROR: error_json,
         }

@@ -1,4 +1,4 @@
-"""`amqp://user:password@host:5672/vhost`: RabbitMQ, on quorum queues (aio-pika).
+"""`amqp://user:password@host:5672/vhost`: RabbitMQ (3.10+), on quorum queues (aio-pika).
 
 The channel mapping is a public contract (other programs rely on it):
 
@@ -15,7 +15,9 @@ The channel mapping is a public contract (other programs rely on it):
 Attempts are the queue's own count (`x-delivery-count`, trusted only on a delivery
 the broker flags `redelivered`). A retry holds the event unacknowledged for its
 backoff, then rejects it back to the queue, which counts the failed try; while it
-waits its handler takes other events. Publishes are mandatory and confirmed.
+waits, its handler takes other events. Publishes are mandatory and confirmed, and
+retried with the same message id across reconnections (so one may arrive twice);
+consumers consume again once the client has reconnected.
 
 URL parameters: `prefetch` (unsettled events a consumer may hold beyond its
 handler's concurrency, 20), `publish_timeout` (seconds a publish is retried until

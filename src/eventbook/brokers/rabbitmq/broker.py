@@ -7,17 +7,19 @@ import logging
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.connection import make_url
 from aio_pika.exceptions import (
     CONNECTION_EXCEPTIONS,
+    ChannelInvalidStateError,
     ChannelPreconditionFailed,
     DeliveryError,
     PublishError,
 )
+from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
 
 from ...errors import BrokerError, redact
@@ -67,6 +69,7 @@ class RabbitBroker:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
         self._admin: AbstractRobustChannel | None = None
+        self._underlay: AbstractChannel | None = None  # the publisher's, while it lives
         self._bound: set[tuple[str, str]] = set()
         self._expected: dict[str, set[str]] = {}
         self._declared_topics: set[str] = set()
@@ -92,7 +95,7 @@ class RabbitBroker:
         server = settings.server
         if "name=" not in query:
             name = f"eventbook {self.namespace} pid {os.getpid()}"
-            server += ("&" if query else "?") + "name=" + name.replace(" ", "%20")
+            server += ("&" if query else "?") + "name=" + quote(name)
         # Built here rather than by connect_robust(), so that a failed first attempt can
         # be closed: its reconnection task must not outlive the error.
         connection = aio_pika.RobustConnection(
@@ -134,7 +137,9 @@ class RabbitBroker:
         """The error's text, without the password of the URL should it mention it."""
         text = f"{type(exc).__name__}: {exc}"
         password = urlsplit(self.url).password
-        return text.replace(password, "***") if password else text
+        for secret in {password, unquote(password)} if password else ():
+            text = text.replace(secret, "***")
+        return text
 
     async def drain(self, timeout: float) -> None:
         consumers = list(self._consumers.values())
@@ -159,6 +164,7 @@ class RabbitBroker:
         self._consumers = {}
         connection, self._connection = self._connection, None
         self._publisher = self._admin = None
+        self._underlay = None
         if connection is not None:
             await connection.close()
 
@@ -245,10 +251,13 @@ class RabbitBroker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.publish_timeout
         pause = 0.05
+        failures = 0
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
-                    channel = await publisher.get_underlay_channel()
+                    channel = self._underlay
+                    if channel is None or _dead(channel):
+                        channel = self._underlay = await self._reopened_publisher(publisher)
                     await channel.basic_publish(
                         body,
                         exchange=exchange,
@@ -265,12 +274,31 @@ class RabbitBroker:
                     f"{self.settings.publish_timeout:g}s (?publish_timeout=): is the server "
                     "up and not blocked (disk or memory alarm)?"
                 ) from None
-            except DeliveryError as exc:
-                log.warning("RabbitMQ refused %s (%s); publishing it again", what, exc)
-            except CONNECTION_EXCEPTIONS as exc:
-                log.warning("publishing %s failed (%s); publishing it again", what, exc)
+            except (DeliveryError, *CONNECTION_EXCEPTIONS) as exc:
+                # Said once per publish: a restarting server fails many at once.
+                log.log(
+                    logging.DEBUG if failures else logging.WARNING,
+                    "publishing %s failed (%s); publishing it again until confirmed",
+                    what,
+                    exc,
+                )
+                failures += 1
             await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
             pause = min(pause * 2, 1.0)
+
+    @staticmethod
+    async def _reopened_publisher(publisher: AbstractRobustChannel) -> AbstractChannel:
+        """The publisher's current underlying channel, once the client has reopened it.
+
+        After a reconnection the client says it is connected before it has reopened
+        its channels; a publish on the old, dead channel would wait for a confirm
+        that never comes.
+        """
+        await publisher.ready()
+        channel = await publisher.get_underlay_channel()
+        if _dead(channel):
+            raise ChannelInvalidStateError("the publishing channel is not reopened yet")
+        return channel
 
     # -- consuming -------------------------------------------------------------------
 
@@ -296,7 +324,7 @@ class RabbitBroker:
                 )
         self._consumers[name] = consumer
         consumer.add(handler, deliver)
-        if consumer.tag is None and consumer.complete:
+        if not consumer.started and consumer.complete:
             try:
                 await consumer.start()
             except Exception as exc:
@@ -312,3 +340,8 @@ class RabbitBroker:
 
     async def purge(self, ids: Sequence[str] | None = None) -> int:
         return await self.letters.purge(ids)
+
+
+def _dead(channel: AbstractChannel) -> bool:
+    """True for a channel of a lost connection, even before it learnt it is closed."""
+    return channel.is_closed or channel.connection.is_closed

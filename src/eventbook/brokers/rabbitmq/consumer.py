@@ -14,8 +14,9 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, MessageProcessError
+from aio_pika.abc import AbstractRobustChannel
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+from aiormq.abc import AbstractChannel, DeliveredMessage
 
 if TYPE_CHECKING:
     from ...envelope import Envelope
@@ -27,14 +28,14 @@ log = logging.getLogger("eventbook.brokers.rabbitmq")
 
 #: What a settle may meet when the delivery's channel is gone: the broker has then
 #: given the event back already, so there is nothing left to settle.
-_GONE = (ChannelInvalidStateError, MessageProcessError, AMQPError, ConnectionError)
+_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError)
 
 #: Seconds before an event this process could not settle (say, its dead letter was
 #: not confirmed) is given back to the broker, so that a lasting failure is no hot loop.
 SETTLE_BACKOFF = 1.0
 
 
-def attempt_of(raw: AbstractIncomingMessage) -> int:
+def attempt_of(raw: DeliveredMessage) -> int:
     """The try this delivery is, counted by the broker: 1 + its failed deliveries.
 
     A quorum queue counts them in `x-delivery-count`, and sets `redelivered` once it
@@ -43,7 +44,8 @@ def attempt_of(raw: AbstractIncomingMessage) -> int:
     """
     if not raw.redelivered:
         return 1
-    count = raw.headers.get("x-delivery-count") if raw.headers else None
+    headers = raw.header.properties.headers
+    count = headers.get("x-delivery-count") if headers else None
     if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
         return count + 1
     return 1
@@ -54,7 +56,7 @@ class RabbitMessage:
 
     __slots__ = ("_consumer", "_raw", "attempt", "body", "envelope", "topic")
 
-    def __init__(self, consumer: GroupConsumer, raw: AbstractIncomingMessage, topic: str) -> None:
+    def __init__(self, consumer: GroupConsumer, raw: DeliveredMessage, topic: str) -> None:
         self._consumer = consumer
         self._raw = raw
         self.topic = topic
@@ -63,7 +65,7 @@ class RabbitMessage:
         self.attempt = attempt_of(raw)
 
     async def ack(self) -> None:
-        await settle(self._raw.ack())
+        await settle(self._raw, "ack")
 
     async def retry(self, delay: float) -> None:
         # Held, unacked, for the delay, then rejected: the broker counts the failed try.
@@ -71,8 +73,12 @@ class RabbitMessage:
 
     async def dead_letter(self, reason: str, error: str) -> None:
         consumer = self._consumer
+        raw = self._raw
+        properties = raw.header.properties
         await consumer.broker.letters.park(
-            self._raw,
+            raw.body,
+            content_type=properties.content_type,
+            event_id=properties.message_id,
             group=consumer.group,
             topic=self.topic,
             queue=consumer.queue_name,
@@ -80,13 +86,23 @@ class RabbitMessage:
             error=error,
             attempts=self.attempt,
         )
-        await settle(self._raw.ack())
+        await settle(raw, "ack")
 
 
-async def settle(action: Any) -> None:
-    """Await an ack/nack/reject; a channel that closed meanwhile already gave it back."""
+async def settle(raw: DeliveredMessage, how: str) -> None:
+    """Ack, nack (give back) or reject (a failed try) one delivery, without waiting.
+
+    A channel that closed meanwhile already gave the event back to the queue.
+    """
+    channel: AbstractChannel = raw.channel
+    tag = raw.delivery_tag or 0
     try:
-        await action
+        if how == "ack":
+            await channel.basic_ack(tag, wait=False)
+        elif how == "reject":
+            await channel.basic_reject(tag, requeue=True, wait=False)
+        else:
+            await channel.basic_nack(tag, requeue=True, wait=False)
     except _GONE as exc:
         log.info("settling an event on a closed channel (%s): the broker redelivers it", exc)
 
@@ -100,17 +116,22 @@ class Route:
         self.topic = topic
         self.deliver = deliver
         self.concurrency = max(1, concurrency)
-        self.pending: deque[AbstractIncomingMessage] = deque()
+        self.pending: deque[DeliveredMessage] = deque()
         self.ready = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
 
-    def put(self, raw: AbstractIncomingMessage) -> None:
+    def put(self, raw: DeliveredMessage) -> None:
         self.pending.append(raw)
         self.ready.set()
 
 
 class GroupConsumer:
-    """Consumes one queue (`<book>.<group>`, or a reply queue) for this process."""
+    """Consumes one queue (`<book>.<group>`, or a reply queue) for this process.
+
+    It consumes on the client's underlying channel (one task per delivery, no
+    message objects of the client's own), and consumes again whenever the client
+    has reopened the channel after a lost connection.
+    """
 
     def __init__(
         self,
@@ -129,13 +150,14 @@ class GroupConsumer:
         self.expected = expected
         self.reply = reply
         self.routes: dict[str, Route] = {}
-        self.parked: dict[str, list[AbstractIncomingMessage]] = {}
-        self.held: dict[AbstractIncomingMessage, asyncio.TimerHandle] = {}
+        self.parked: dict[str, list[DeliveredMessage]] = {}
+        self.held: dict[DeliveredMessage, asyncio.TimerHandle] = {}
         self.chores: set[asyncio.Task[None]] = set()
         self.stopping = False
+        self.started = False
         self.channel: AbstractRobustChannel | None = None
-        self.queue: AbstractQueue | None = None
-        self.tag: str | None = None
+        #: The underlying channel consuming now, and the consumer tag on it.
+        self.consuming: tuple[AbstractChannel, str] | None = None
 
     # -- setting up ------------------------------------------------------------------
 
@@ -145,7 +167,7 @@ class GroupConsumer:
         self.routes[topic] = route
         for raw in self.parked.pop(topic, []):
             route.put(raw)
-        if self.tag is not None:
+        if self.started:
             self._start_workers(route)
 
     @property
@@ -160,21 +182,50 @@ class GroupConsumer:
         # Room for every worker, plus events waiting to start or waiting out a retry.
         prefetch = sum(route.concurrency for route in self.routes.values())
         await channel.set_qos(prefetch_count=prefetch + broker.settings.prefetch)
+        # Declared through the client's channel, which declares them again on reopening.
         if self.reply:
             # This process's answers: nobody else reads them, and they die with it.
             queue = await channel.declare_queue(
                 self.queue_name, exclusive=True, auto_delete=True, durable=False
             )
             for topic in self.routes:
-                await queue.bind(broker.exchange, topic)  # restored after a reconnect
+                await queue.bind(broker.exchange, topic)
         else:
-            queue = await channel.declare_queue(
+            await channel.declare_queue(
                 self.queue_name, durable=True, arguments=broker.queue_arguments
             )
-        self.queue = queue
+        self.started = True
         for route in self.routes.values():
             self._start_workers(route)
-        self.tag = await queue.consume(self._on_message)
+        channel.reopen_callbacks.add(self._reopened)
+        await self._consume()
+
+    async def _consume(self) -> None:
+        assert self.channel is not None
+        underlay = await self.channel.get_underlay_channel()
+        ok = await underlay.basic_consume(self.queue_name, self._on_message)
+        self.consuming = (underlay, str(ok.consumer_tag))
+
+    def _reopened(self, channel: Any) -> None:
+        """The client reopened the channel after a lost connection: consume again."""
+        if self.stopping:
+            return
+        task = asyncio.create_task(self._resume())
+        self.chores.add(task)
+        task.add_done_callback(self.chores.discard)
+
+    async def _resume(self) -> None:
+        pause = 0.1
+        while not self.stopping:
+            try:
+                await self._consume()
+                log.info("%s: consuming %s again", self.group, self.queue_name)
+                return
+            except Exception as exc:
+                # Say, the queue's leader is not elected yet after a server restart.
+                log.warning("%s: cannot consume %s yet (%s)", self.group, self.queue_name, exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     def _start_workers(self, route: Route) -> None:
         for index in range(route.concurrency):
@@ -186,9 +237,9 @@ class GroupConsumer:
 
     # -- receiving -------------------------------------------------------------------
 
-    async def _on_message(self, raw: AbstractIncomingMessage) -> None:
+    async def _on_message(self, raw: DeliveredMessage) -> None:
         if self.stopping:
-            await settle(raw.nack(requeue=True))
+            await settle(raw, "nack")
             return
         topic = self._topic_of(raw)
         route = self.routes.get(topic) if topic is not None else None
@@ -203,11 +254,12 @@ class GroupConsumer:
             route = next(iter(self.routes.values()))
         route.put(raw)
 
-    def _topic_of(self, raw: AbstractIncomingMessage) -> str | None:
+    def _topic_of(self, raw: DeliveredMessage) -> str | None:
         if raw.exchange == self.broker.exchange:
             return raw.routing_key
         # Replayed dead letters come through the default exchange with their topic.
-        topic = raw.headers.get("topic") if raw.headers else None
+        headers = raw.header.properties.headers
+        topic = headers.get("topic") if headers else None
         if isinstance(topic, bytes):
             topic = topic.decode("utf-8", "replace")
         return topic if isinstance(topic, str) else None
@@ -223,21 +275,23 @@ class GroupConsumer:
             if self.stopping:
                 return
             raw = pending.popleft()
-            try:
-                raw.channel  # noqa: B018 - raises when the delivery's channel is gone
-            except ChannelInvalidStateError:
+            if raw.channel.is_closed:
                 continue  # the broker gave it back when the channel closed; it comes again
             try:
                 await route.deliver(RabbitMessage(self, raw, route.topic))
             except Exception:
                 # The delivery path settles failed handlers and bad input itself; what
                 # lands here is the broker failing to settle (a dead letter unconfirmed).
-                log.exception("%s: could not settle event %s", self.group, raw.message_id)
+                log.exception(
+                    "%s: could not settle event %s",
+                    self.group,
+                    raw.header.properties.message_id,
+                )
                 self.give_back_later(raw, SETTLE_BACKOFF, failed=False)
 
     # -- giving events back ----------------------------------------------------------
 
-    def give_back_later(self, raw: AbstractIncomingMessage, delay: float, *, failed: bool) -> None:
+    def give_back_later(self, raw: DeliveredMessage, delay: float, *, failed: bool) -> None:
         """Return the event to the queue after `delay` seconds, holding it until then.
 
         A failed try is rejected (the broker counts it); anything else is nacked,
@@ -246,24 +300,23 @@ class GroupConsumer:
         loop = asyncio.get_running_loop()
         self.held[raw] = loop.call_later(delay, self._give_back, raw, failed)
 
-    def _give_back(self, raw: AbstractIncomingMessage, failed: bool) -> None:
+    def _give_back(self, raw: DeliveredMessage, failed: bool) -> None:
         if self.held.pop(raw, None) is None:
             return
-        action = raw.reject(requeue=True) if failed else raw.nack(requeue=True)
-        task = asyncio.create_task(settle(action))
+        task = asyncio.create_task(settle(raw, "reject" if failed else "nack"))
         self.chores.add(task)
         task.add_done_callback(self.chores.discard)
 
     async def stop_taking(self) -> None:
         """Stop receiving; give back what waits here (other replicas take it)."""
         self.stopping = True
-        queue, tag = self.queue, self.tag
-        if queue is not None and tag is not None:
+        if self.consuming is not None:
+            underlay, tag = self.consuming
             # Best effort: on a lost connection there is no consumer left to cancel.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
-                    await queue.cancel(tag)
-        unstarted: list[AbstractIncomingMessage] = []
+                    await underlay.basic_cancel(tag)
+        unstarted: list[DeliveredMessage] = []
         for route in self.routes.values():
             route.ready.set()
             unstarted += route.pending
@@ -272,7 +325,7 @@ class GroupConsumer:
             unstarted += parked
         self.parked.clear()
         for raw in unstarted:
-            await settle(raw.nack(requeue=True))
+            await settle(raw, "nack")
         # Retries waiting out their backoff go back now: another replica may take them
         # a little early, rather than hold up the drain for the whole backoff.
         for raw, timer in list(self.held.items()):

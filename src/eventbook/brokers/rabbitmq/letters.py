@@ -13,6 +13,7 @@ time); such a letter has the broker's `x-death` header instead, and reason
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -47,8 +48,10 @@ class DeadLetterQueue:
 
     async def park(
         self,
-        raw: AbstractIncomingMessage,
+        body: bytes,
         *,
+        content_type: str | None,
+        event_id: str | None,
         group: str,
         topic: str,
         queue: str,
@@ -56,12 +59,12 @@ class DeadLetterQueue:
         error: str,
         attempts: int,
     ) -> None:
-        """Keep `raw`'s event as a dead letter; return once the broker confirmed it."""
+        """Keep an event as a dead letter; return once the broker confirmed it."""
         if len(error) > MAX_ERROR:
             error = error[:MAX_ERROR] + "\n... (truncated)"
         now = time.time()
         properties = Basic.Properties(
-            content_type=raw.content_type,
+            content_type=content_type,
             message_id=ids.new_id(),
             delivery_mode=PERSISTENT,
             timestamp=datetime.fromtimestamp(int(now), UTC),
@@ -72,11 +75,11 @@ class DeadLetterQueue:
                 "topic": topic,
                 "group": group,
                 "queue": queue,
-                "event_id": raw.message_id or "",
+                "event_id": event_id or "",
                 "failed_at": _iso(now),
             },
         )
-        await self.broker.send("", self.name, raw.body, properties, f"the dead letter of {topic!r}")
+        await self.broker.send("", self.name, body, properties, f"the dead letter of {topic!r}")
 
     async def read(self) -> list[DeadLetter]:
         async with self._taken() as taken:
@@ -143,7 +146,8 @@ class DeadLetterQueue:
             ) from None
         finally:
             # Whatever is still unsettled goes back to the queue with the channel.
-            await channel.close()
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     def _letter(self, raw: AbstractIncomingMessage) -> DeadLetter:
         body = raw.body.decode("utf-8", "replace")

@@ -5,18 +5,17 @@ its field `event`. Each handler is a consumer group on its topic's stream, named
 after the handler; replicas of a service are consumers of the same group (one per
 process) and share its events. Attempts are the server's delivery counts.
 
-* A failed event stays pending and is scheduled in the sorted set
-  `B:retry:<topic>:<group>` (due time from the server's clock); when due it is
-  claimed again (XCLAIM), which counts the delivery.
-* A consumer renews what it holds; entries of a consumer that stopped renewing for
-  a lease (a dead process) are reclaimed by the group's other consumers
-  (XAUTOCLAIM). A stopping consumer gives back what it did not finish at once.
-* Dead letters are entries of the stream `B:dead` (fields event, event_id, topic,
-  group, reason, error, attempts, entry); a replay appends the event again to its
-  topic's stream with a field `group`, which only that group handles.
-* A publish is one Lua script: the event is appended only if its dedupe key
-  `B:dedupe:<event id>` does not exist, so a publish re-sent after a lost reply is
-  appended once (within `dedupe` seconds).
+* A publish is one Lua script (the publishes of one moment share it): the entry is
+  appended unless the dedupe key `B:dedupe:<event id>` exists, which it then sets
+  for `dedupe` seconds; so a publish re-sent after a lost reply is appended once.
+* A failed event stays pending; it is scheduled in the sorted set
+  `B:retry:<topic>:<group>` (due time by the server's clock) and, when due, claimed
+  again by a consumer of the group (XCLAIM), which counts the delivery.
+* A consumer renews what it holds; what a consumer stopped renewing for a lease (its
+  process died) is reclaimed by the group's others (XAUTOCLAIM). A stopping consumer
+  gives back what it did not start, claimable at once.
+* Dead letters are entries of the stream `B:dead`; a replay appends the event to its
+  topic's stream again with a field `group`, which only that group handles.
 * Streams are trimmed below the oldest entry some group still needs.
 
 Durability needs the server's append-only file with an fsync per write

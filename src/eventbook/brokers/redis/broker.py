@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
@@ -21,7 +19,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 
 from ...errors import BrokerError, redact
 from ..base import DeadLetter, Deliver
-from . import scripts
+from . import letters, scripts
 from .consumer import COMMAND_TIMEOUT, Consumer
 from .faults import SURVIVABLE, TRANSIENT, backoff
 from .line import Line
@@ -72,6 +70,7 @@ class RedisBroker:
         self._sending = False
         self._publisher: Line | None = None
         self._drained = False
+        self._volatile = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -107,7 +106,7 @@ class RedisBroker:
             ) from None
         except SURVIVABLE as exc:
             await _dispose(client, pool)
-            reason = str(exc) or type(exc).__name__
+            reason = (str(exc) or type(exc).__name__).rstrip(".")
             raise BrokerError(
                 f"cannot reach the Redis server at {shown}: {reason}; is it running, "
                 "and is the URL right (redis://host:6379/0)?"
@@ -119,13 +118,7 @@ class RedisBroker:
                 f"the Redis server at {shown} is version {version}; the redis:// broker "
                 "needs Redis 6.2 or newer (XAUTOCLAIM)"
             )
-        if str(_info(persistence).get("aof_enabled", "1")) == "0" and shown not in _warned_volatile:
-            _warned_volatile.add(shown)
-            log.warning(
-                "the Redis server at %s keeps no append-only file: events are lost if it "
-                "restarts (durable: appendonly yes, appendfsync always)",
-                shown,
-            )
+        self._volatile = str(_info(persistence).get("aof_enabled", "1")) == "0"
         self._pool, self._client = pool, client
         self._publisher = Line(pool)
         self.stopping = self._drained = False
@@ -261,62 +254,29 @@ class RedisBroker:
                 done.set_result(None)
 
     async def consume(self, handler: Handler, deliver: Deliver) -> None:
+        shown = redact(self.settings.server)
+        if self._volatile and shown not in _warned_volatile:
+            _warned_volatile.add(shown)  # once per server and process; tools never consume
+            log.warning(
+                "the Redis server at %s keeps no append-only file: events are lost if it "
+                "restarts (durable: appendonly yes, appendfsync always)",
+                shown,
+            )
         consumer = Consumer(self, handler, deliver)
         await self.reliably("create a consumer group", lambda: self.create_group(consumer, "$"))
         self._consumers.append(consumer)
         consumer.start()
 
-    # -- dead letters ----------------------------------------------------------------
+    # -- dead letters (see `letters`) -------------------------------------------------
 
     async def dead_letters(self) -> list[DeadLetter]:
-        letters: list[DeadLetter] = []
-        start = "-"
-        while True:
-            rows = await self.reliably(
-                "read dead letters",
-                functools.partial(
-                    self.client.execute_command, "XRANGE", self.keys.dead, start, "+", "COUNT", 1000
-                ),
-            )
-            letters += (_letter(entry, fields) for entry, fields in rows)
-            if len(rows) < 1000:
-                return letters
-            start = f"({letters[-1].id}"
+        return await letters.read(self)
 
     async def replay(self, ids: Sequence[str] | None = None) -> int:
-        chosen = await self._chosen(ids)
-        replayed = 0
-        for lo in range(0, len(chosen), MAX_BATCH):
-            part = chosen[lo : lo + MAX_BATCH]
-            streams = [self.keys.stream(letter.topic) for letter in part]
-            replayed += await self.reliably(
-                "replay dead letters",
-                functools.partial(
-                    scripts.REPLAY,
-                    self.client,
-                    (self.keys.dead, *streams),
-                    [letter.id for letter in part],
-                ),
-            )
-        return replayed
+        return await letters.replay(self, ids)
 
     async def purge(self, ids: Sequence[str] | None = None) -> int:
-        chosen = [letter.id for letter in await self._chosen(ids)]
-        purged = 0
-        for lo in range(0, len(chosen), MAX_BATCH):
-            part = chosen[lo : lo + MAX_BATCH]
-            purged += await self.reliably(
-                "purge dead letters",
-                functools.partial(self.client.execute_command, "XDEL", self.keys.dead, *part),
-            )
-        return purged
-
-    async def _chosen(self, ids: Sequence[str] | None) -> list[DeadLetter]:
-        letters = await self.dead_letters()
-        if ids is None:
-            return letters
-        wanted = set(ids)
-        return [letter for letter in letters if letter.id in wanted]
+        return await letters.purge(self, ids)
 
     # -- plumbing used by the consumers ----------------------------------------------
 
@@ -361,8 +321,9 @@ class RedisBroker:
                 failures += 1
                 pause = backoff(failures)
                 if loop.time() + pause >= deadline:
+                    reason = (str(exc) or type(exc).__name__).rstrip(".")
                     raise BrokerError(
-                        f"redis://: could not {what} within {limit:g}s ({exc or 'timed out'}); "
+                        f"redis://: could not {what} within {limit:g}s ({reason}); "
                         f"is the server at {redact(self.url)} up?"
                     ) from None
                 if failures == 1:
@@ -416,24 +377,6 @@ def _info(reply: Any) -> dict[str, Any]:
         return reply
     text = reply.decode() if isinstance(reply, bytes) else str(reply)
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-
-
-def _letter(entry: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
-    def text(name: bytes) -> str:
-        return fields.get(name, b"").decode("utf-8", "replace")
-
-    failed_at = datetime.fromtimestamp(int(entry.split(b"-")[0]) / 1000, UTC)
-    return DeadLetter(
-        id=entry.decode(),
-        event_id=text(b"event_id"),
-        topic=text(b"topic"),
-        handler=text(b"group"),
-        reason=text(b"reason"),
-        error=text(b"error"),
-        attempts=int(fields.get(b"attempts", b"0")),
-        failed_at=failed_at.isoformat(timespec="milliseconds"),
-        body=text(b"event"),
-    )
 
 
 async def _dispose(client: Redis, pool: ConnectionPool) -> None:

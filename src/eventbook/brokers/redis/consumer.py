@@ -86,8 +86,9 @@ class Consumer:
         self.wake = asyncio.Event()
         #: The reader connection's id on the server, for CLIENT UNBLOCK.
         self.client_id: int | None = None
-        #: A connection was lost: some read's reply may have been lost with it.
-        self.lost = False
+        #: Look for entries delivered to this consumer that it does not hold: on start,
+        #: and after a lost connection (a read's reply may have been lost with it).
+        self.lost = True
         self._group_bytes = self.group.encode()
         self._acks: list[bytes] = []
         self._acking: asyncio.Task[None] | None = None
@@ -119,8 +120,9 @@ class Consumer:
                     if self.client_id is None:
                         self.client_id = int(await line.execute_command("CLIENT", "ID"))
                     if self.lost:
+                        recovered = await self._recover()
                         self.lost = False
-                        await self._hand_over(await self._recover())
+                        await self._hand_over(recovered)
                         continue
                     # The acks of what was just handled go with the next read: one write,
                     # one round trip.
@@ -179,14 +181,12 @@ class Consumer:
         """Events delivered to this consumer whose reply was lost with a connection."""
         broker = self.broker
         held = list(self.held)
-        rows = await broker.reliably(
-            "recover pending events",
-            lambda: scripts.MINE(
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            rows = await scripts.MINE(
                 broker.client,
                 (self.stream, self.retries),
                 (self.group, broker.consumer, len(held) + 1000, *held),
-            ),
-        )
+            )
         return [self._taken(row) for row in rows]
 
     def _taken(self, row: Sequence[Any]) -> RedisMessage:

@@ -75,11 +75,30 @@ def parse(buf: bytes, pos: int) -> tuple[Any, int]:
         count = int(buf[pos + 1 : end])
         if count < 0:
             return None, end + 2
-        items = []
+        items: list[Any] = []
         pos = end + 2
+        size_of = len(buf)
         for _ in range(count):
-            item, pos = parse(buf, pos)
-            items.append(item)
+            if pos >= size_of:
+                raise _INCOMPLETE
+            if buf[pos] != 36:
+                item, pos = parse(buf, pos)
+                items.append(item)
+                continue
+            # A bulk string, read here: most elements are (entry ids, fields, bodies).
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                raise _INCOMPLETE
+            size = int(buf[pos + 1 : end])
+            if size < 0:
+                items.append(None)
+                pos = end + 2
+                continue
+            start = end + 2
+            pos = start + size + 2
+            if pos > size_of:
+                raise _INCOMPLETE
+            items.append(buf[start : pos - 2])
         return items, pos
     if kind == 58:  # : integer
         return int(buf[pos + 1 : end]), end + 2

@@ -86,9 +86,6 @@ class Keys:
     def stream(self, topic: str) -> str:
         return f"{self.prefix}.{topic}"
 
-    def topic(self, stream: str) -> str:
-        return stream[len(self.prefix) + 1 :]
-
     def retries(self, topic: str, group: str) -> str:
         """The sorted set of a group's events waiting for a retry, scored by due time."""
         return f"{self.prefix}:retry:{topic}:{group}"
