@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -98,11 +99,22 @@ def demo(
         Failing | None,
         typer.Option(help="Make this service's saga step fail, to watch the undo."),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="The saga journal; default the broker's file (sqlite://), or "
+            f"{CLI_DEFAULT_BROKER} beside a networked broker.",
+        ),
+    ] = None,
 ) -> None:
     """Run the seed's sign-up (customer SELO) as choreography, orchestration, or both."""
     from . import demo as demo_module
 
-    demo_module.run(style.value, broker_url(broker), console, fail.value if fail else None)
+    url = broker_url(broker)
+    if store is None and urlsplit(url).scheme not in ("sqlite", "memory"):
+        store = CLI_DEFAULT_BROKER  # a networked broker keeps no journal: a file here does
+    demo_module.run(style.value, url, console, fail.value if fail else None, store=store)
 
 
 @app.command()

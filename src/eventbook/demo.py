@@ -208,8 +208,17 @@ CHOREOGRAPHY_DELIVERIES = 4
 STYLES = {"choreography": choreography, "orchestration": orchestration}
 
 
-def run(style: str, broker: str | None, console: Console, fail: str | None = None) -> None:
-    """Run the sign-up in `style` ('choreography', 'orchestration' or 'both')."""
+def run(
+    style: str,
+    broker: str | None,
+    console: Console,
+    fail: str | None = None,
+    store: str | None = None,
+) -> None:
+    """Run the sign-up in `style` ('choreography', 'orchestration' or 'both').
+
+    `store` is the saga journal's URL (default: the broker's own file, for sqlite://).
+    """
     for name in STYLES if style == "both" else [style]:
         console.rule(f"[bold]{name}")
         book, act = (
@@ -220,13 +229,13 @@ def run(style: str, broker: str | None, console: Console, fail: str | None = Non
         if inspect.iscoroutinefunction(act):
             # The saga's journal tells the story; its retry warnings would only repeat it.
             logging.getLogger("eventbook.saga").setLevel(logging.ERROR)
-            asyncio.run(_run_async(book, act, broker))
+            asyncio.run(_run_async(book, act, broker, store))
         else:
             with book.start(broker):
                 act()
                 trace.wait_for(CHOREOGRAPHY_DELIVERIES)
 
 
-async def _run_async(book: eb.EventBook, act: Any, broker: str | None) -> None:
-    async with book.start(broker):
+async def _run_async(book: eb.EventBook, act: Any, broker: str | None, store: str | None) -> None:
+    async with book.start(broker, store=store):
         await act()

@@ -113,6 +113,22 @@ async def test_a_publish_whose_queue_was_deleted_is_an_error_naming_the_topic(
             await book.publish(notes, Note(text="lost?"))
 
 
+async def test_an_event_no_queue_would_keep_is_an_error_not_a_silent_drop(
+    created: Created,
+) -> None:
+    book = unique_book("rabbit")
+    notes = book.topic("notes", Note)
+    orphans = book.topic("orphans", Note)
+
+    @eb.sub(notes)
+    async def keep(note: Note) -> None: ...
+
+    async with book.start(URL):
+        with pytest.raises(BrokerError, match=r"'orphans'.*no queue is bound"):
+            await book.publish(orphans, Note(text="to no one"))
+        await book.publish(notes, Note(text="kept"))  # the connection is still usable
+
+
 async def test_dead_letters_are_listed_kept_and_replayed_from_a_fresh_connection(
     created: Created,
 ) -> None:

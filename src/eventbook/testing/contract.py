@@ -279,10 +279,17 @@ class WireBrokerContract(BrokerContract):
     async def test_publish_refuses_a_payload_over_the_size_limit(self, broker_url: str) -> None:
         book = EventBook(unique_book().name, max_payload=2048)
         topic = book.topic("items", Item)
+        handled: list[int] = []
+
+        @sub(topic)
+        async def collect(item: Item) -> None:
+            handled.append(item.n)
+
         async with self.running(book, broker_url):
             with pytest.raises(PayloadTooLargeError, match="over the 2048-byte limit"):
                 await book.publish(topic, Item(n=1, note="x" * 4096))
             await book.publish(topic, Item(n=2, note="x" * 1000))  # under the limit: fine
+            await eventually(lambda: handled == [2], DEADLINE)
 
     async def test_undecodable_and_unknown_events_are_dead_lettered(self, broker_url: str) -> None:
         book = unique_book()

@@ -73,7 +73,6 @@ class RabbitBroker:
         self._bound: set[tuple[str, str]] = set()
         self._expected: dict[str, set[str]] = {}
         self._declared_topics: set[str] = set()
-        self._unrouted_warned: set[str] = set()
         self._consumers: dict[str, GroupConsumer] = {}
 
     # -- lifecycle -------------------------------------------------------------------
@@ -208,25 +207,24 @@ class RabbitBroker:
         try:
             await self.send(self.exchange, topic, body, properties, f"event on topic {topic!r}")
         except Unroutable:
+            if topic.startswith(REPLY_PREFIX):
+                # The requester is gone (timed out or stopped): nobody waits for it.
+                log.debug("answer on %r reached no one: its requester is gone", topic)
+                return
             if topic in self._declared_topics:
                 raise BrokerError(
                     f"event on topic {topic!r} came back from exchange {self.exchange!r}: "
                     "no queue is bound to it although this book declared one (was it "
                     "deleted?); restart a process of the book to declare it again"
                 ) from None
-            # Nobody subscribes to the topic (no group of the book, no outside queue):
-            # like every broker, pub/sub with no subscriber delivers to no one. Said once.
-            if topic not in self._unrouted_warned:
-                self._unrouted_warned.add(topic)
-                level = logging.DEBUG if topic.startswith(REPLY_PREFIX) else logging.WARNING
-                log.log(
-                    level,
-                    "no queue is bound to topic %r on exchange %r: its events reach no one "
-                    "(subscribe a handler to it, or bind a queue with routing key %r)",
-                    topic,
-                    self.exchange,
-                    topic,
-                )
+            # A durable broker does not drop an event quietly: with no queue bound yet
+            # (no subscriber has ever started), RabbitMQ would discard it.
+            raise BrokerError(
+                f"event on topic {topic!r} was not published: no queue is bound to it on "
+                f"exchange {self.exchange!r}, so RabbitMQ would drop it; start a service "
+                f"that subscribes to {topic!r} once (its queue then keeps events while it "
+                f"is down), or bind a queue with routing key {topic!r}"
+            ) from None
 
     async def send(
         self,
