@@ -195,6 +195,12 @@ class BrokerContract:
                 raise ValueError(f"cannot take item {item.n}")
             handled.append(item.n)
 
+        steady_saw: list[int] = []
+
+        @sub(topic)
+        async def steady(item: Item) -> None:
+            steady_saw.append(item.n)
+
         async with self.running(book, broker_url):
             await book.publish(topic, Item(n=1))
             await eventually(lambda: dead_letter_count(book, 1), DEADLINE)
@@ -209,6 +215,11 @@ class BrokerContract:
             assert await book.replay() == 1
             await eventually(lambda: handled == [1], DEADLINE)
             assert await book.dead_letters() == []
+            # The replay went to `fragile` only: `steady`, which keeps order, sees the
+            # next event right after the first one.
+            await book.publish(topic, Item(n=2))
+            await eventually(lambda: handled == [1, 2] and steady_saw[-1:] == [2], DEADLINE)
+            assert steady_saw == [1, 2]
 
     async def test_invalid_payload_is_dead_lettered_and_the_next_event_handled(
         self, broker_url: str
