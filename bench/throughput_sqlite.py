@@ -86,16 +86,17 @@ async def raw_sqlite(mode: Mode, n: int) -> tuple[float, list[float]]:
 
 
 CONTESTANTS = [
-    # The defaults: one event at a time per handler, acked before the next starts.
+    # The defaults: one event at a time per handler, in order.
     Contestant("eventbook sqlite://", eventbook_sqlite),
     # A handler that takes 100 events at once: acks that finish together share a commit.
     Contestant("eventbook sqlite:// c100", functools.partial(eventbook_sqlite, concurrency=100)),
     Contestant("raw sqlite3", raw_sqlite),
 ]
-#: (eventbook, peer, mode, target): the ratios printed, with the issue's targets.
-PAIRS: list[tuple[str, str, Mode, float]] = [
+#: (eventbook, peer, mode, target): the ratios printed, with the issue's targets; the
+#: targets are on eventbook's defaults, c100 is shown for reference (target None).
+PAIRS: list[tuple[str, str, Mode, float | None]] = [
     ("eventbook sqlite://", "raw sqlite3", "one", 0.20),
     ("eventbook sqlite://", "raw sqlite3", "window", 0.30),
-    ("eventbook sqlite:// c100", "raw sqlite3", "one", 0.20),
-    ("eventbook sqlite:// c100", "raw sqlite3", "window", 0.30),
+    ("eventbook sqlite:// c100", "raw sqlite3", "one", None),
+    ("eventbook sqlite:// c100", "raw sqlite3", "window", None),
 ]

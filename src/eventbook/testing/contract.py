@@ -263,6 +263,26 @@ class BrokerContract:
             await book.publish(topic, Item(n=2))
             await eventually(lambda: finished == [1, 2], DEADLINE)
 
+    async def test_every_handled_event_stays_acked_after_a_restart(self, broker_url: str) -> None:
+        book = unique_book()
+        topic = book.topic("items", Item)
+        seen: list[int] = []
+
+        @sub(topic)
+        async def quick(item: Item) -> None:
+            # Never awaits: brokers that share one commit among the acks of a batch
+            # must still have committed them all when start() is left.
+            seen.append(item.n)
+
+        async with self.running(book, broker_url):
+            for lo in range(0, 300, 100):
+                await asyncio.gather(*(book.publish(topic, Item(n=n)) for n in range(lo, lo + 100)))
+            await eventually(lambda: len(set(seen)) == 300, DEADLINE)
+        async with self.running(book, broker_url):
+            await book.publish(topic, Item(n=300))
+            await eventually(lambda: 300 in seen, DEADLINE)
+        assert sorted(seen) == list(range(301)), "a handled event was delivered again"
+
     async def test_order_is_kept_with_concurrency_1(self, broker_url: str) -> None:
         book = unique_book()
         topic = book.topic("items", Item)

@@ -25,7 +25,7 @@ log = logging.getLogger("eventbook.brokers.sqlite")
 class SqliteMessage:
     """One claimed event of one consumer group."""
 
-    __slots__ = ("_consumer", "attempt", "body", "envelope", "event_id", "seq")
+    __slots__ = ("_consumer", "attempt", "body", "envelope", "event_id", "followed", "seq")
 
     def __init__(self, consumer: Consumer, seq: int, event_id: str, body: bytes, attempt: int):
         self._consumer = consumer
@@ -34,15 +34,25 @@ class SqliteMessage:
         self.body: bytes | None = body
         self.envelope: Envelope | None = None  # decoding is the delivery path's job
         self.attempt = attempt
+        self.followed = False  # more of its batch wait behind it (see `ack`)
 
     async def ack(self) -> None:
         consumer = self._consumer
         finish = functools.partial(store.finish, group=consumer.group, seq=self.seq)
-        if consumer.concurrency == 1:
-            # Nothing to share a commit with: the next event waits for this ack.
-            await consumer.broker.write.now(finish)
-        else:
+        if consumer.concurrency > 1:
+            # Handlers that finish together share the commit of their acks.
             await consumer.broker.write(finish)
+        elif self.followed:
+            # One at a time, with more of the batch waiting: the ack is not awaited but
+            # joins the next commit (with the other acks and publishes of this loop turn)
+            # while the next event is already being handled; a commit per event would
+            # cost more than the rest of its delivery. It commits with the batch's last
+            # ack at the latest, and before the next handler gets past its first `await`.
+            # Should the process die first, the event comes back: at-least-once, as ever.
+            consumer.settling(consumer.broker.write.submit(finish), self.event_id)
+        else:
+            # The batch's last: commit at once, nothing to wait for.
+            await consumer.broker.write.now(finish)
 
     async def retry(self, delay: float) -> None:
         consumer = self._consumer
@@ -73,6 +83,7 @@ class Consumer:
         self.in_flight: set[asyncio.Task[None]] = set()
         self.task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
+        self.acks: set[asyncio.Future[None]] = set()  # queued, not yet committed
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"eventbook-consume-{self.group}")
@@ -100,6 +111,8 @@ class Consumer:
                 await self._idle()
                 continue
             messages = [SqliteMessage(self, *row) for row in rows]
+            for message in messages[:-1]:
+                message.followed = True
             for index, message in enumerate(messages):
                 if self.concurrency > 1:
                     await self.slots.acquire()
@@ -123,6 +136,18 @@ class Consumer:
             # here is the broker failing to settle. The lease runs out, the event comes back.
             log.exception("%s: could not settle event %s", self.group, message.event_id)
 
+    def settling(self, ack: asyncio.Future[None], event_id: str) -> None:
+        """Keep track of a queued ack until its commit, and say so if that failed."""
+        self.acks.add(ack)
+
+        def committed(ack: asyncio.Future[None]) -> None:
+            self.acks.discard(ack)
+            if not ack.cancelled() and ack.exception() is not None:
+                # The file is unwell; the event stays leased and comes back later.
+                log.error("%s: could not ack event %s: %s", self.group, event_id, ack.exception())
+
+        ack.add_done_callback(committed)
+
     async def _deliver_and_release(self, message: SqliteMessage) -> None:
         try:
             await self._deliver(message)
@@ -142,7 +167,8 @@ class Consumer:
             due = time.time() + 0.05  # the file is busy for a moment: look again soon
         timeout = 1.0 if due is None else max(0.0, min(1.0, due - time.time()))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.changed.wait(), timeout)
+            async with asyncio.timeout(timeout):  # unlike wait_for, no task per wait
+                await self.changed.wait()
 
     @staticmethod
     async def drain_all(consumers: list[Consumer], timeout: float) -> None:
@@ -161,3 +187,7 @@ class Consumer:
             if timeout > 0:
                 log.warning("drain: %d handlers still running after %gs", len(pending), timeout)
             await asyncio.wait(pending)
+        # The acks of the handlers that finished, before the connection closes.
+        acks = {ack for c in consumers for ack in c.acks}
+        if acks:
+            await asyncio.wait(acks)
