@@ -52,6 +52,13 @@ log = logging.getLogger("eventbook.saga")
 #: Tries of each undo before the saga is parked as failed.
 UNDO_RETRIES = 3
 
+#: Events a coordinator's consumers take at once where order does not matter: start
+#: events (each starts its own saga), and the step commands a service answers (steps
+#: of different sagas, run side by side as a web server runs requests: `async def`
+#: methods on the event loop, `def` methods in worker threads). Within one saga the
+#: steps still run one after the other. Expected events keep their order (one at a time).
+AT_ONCE = 100
+
 
 def command_topic_name(service: str) -> str:
     return f"_cmd.{service}"
@@ -86,6 +93,9 @@ class Coordinator:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        # Step commands running here, by idempotency key: a copy re-sent while the
+        # first still runs (a step's timeout) waits for its answer instead of running.
+        self._running: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -107,6 +117,7 @@ class Coordinator:
                     definition.start_on,
                     self._starter(definition),
                     retries=5,
+                    concurrency=AT_ONCE,
                 )
         for topic in {t.name: t for d in self.book.sagas for t in d.expects}.values():
             self.expected[topic.name] = deque(maxlen=1000)
@@ -134,11 +145,15 @@ class Coordinator:
             await self.store.release(self.owner, held)
 
     async def _consume(
-        self, group: str, topic: Topic[Any], call: Callable[[Any], Any], retries: int
+        self,
+        group: str,
+        topic: Topic[Any],
+        call: Callable[[Any], Any],
+        retries: int,
+        concurrency: int = 1,
     ) -> None:
-        handler = Handler(
-            "_sagas", group, topic, call, RetryPolicy(retries, Backoff(initial=0.1)), None, 1
-        )
+        policy = RetryPolicy(retries, Backoff(initial=0.1))
+        handler = Handler("_sagas", group, topic, call, policy, None, concurrency)
         await self.runtime.broker.declare(group, topic.name)
         await self.runtime.broker.consume(handler, Dispatcher(handler, self.runtime))
 
@@ -243,10 +258,31 @@ class Coordinator:
         async def execute(command: Any) -> dict[str, Any]:
             return await self._execute(service, command)
 
-        await self._consume(_command_group(service), topic, execute, retries=0)
+        await self._consume(_command_group(service), topic, execute, retries=0, concurrency=AT_ONCE)
 
     async def _execute(self, service: Service, command: dict[str, Any]) -> dict[str, Any]:
-        key, method = str(command.get("key")), str(command.get("method"))
+        key = str(command.get("key"))
+        running = self._running.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        self._running[key] = done = asyncio.get_running_loop().create_future()
+        try:
+            answer = await self._answer(service, key, command)
+        except asyncio.CancelledError:
+            done.cancel()
+            raise
+        except BaseException as exc:
+            done.set_exception(exc)
+            done.exception()  # retrieved: a copy that nobody waits for raises no warning
+            raise
+        else:
+            done.set_result(answer)
+            return answer
+        finally:
+            del self._running[key]
+
+    async def _answer(self, service: Service, key: str, command: dict[str, Any]) -> dict[str, Any]:
+        method = str(command.get("method"))
         found, result = await self.store.command_result(key)
         if found:
             return {"ok": True, "result": result}

@@ -293,3 +293,37 @@ async def test_a_saga_started_on_an_older_version_fails_with_the_reason(tmp_path
     assert record.state == "failed"
     assert "started on version 1" in (record.error or "")
     assert "versions [2]" in (record.error or "")
+
+
+async def test_a_step_sent_again_while_it_still_runs_is_not_run_twice(tmp_path: Path) -> None:
+    # Steps of different sagas run side by side in a service; the copy of a command
+    # that a step's timeout re-sent must wait for the first run, not start a second.
+    book = eb.EventBook("slowbank")
+    signup = book.topic("customer.signup", Customer)
+    clock = VirtualClock()
+    runs: list[str] = []
+    release = asyncio.Event()
+
+    @book.service
+    class BankService:
+        async def create_account(self, customer: Customer) -> Account:
+            runs.append(customer.name)
+            await release.wait()
+            return Account(number=f"ACC-{customer.name}")
+
+    @book.saga("slow", start_on=signup)
+    async def slow(saga: eb.Saga, customer: Customer) -> None:
+        await saga.step(BankService.create_account, customer, timeout=5, retry=1)
+
+    async with book.start(f"sqlite:///{tmp_path}/eb.db", clock=clock):
+        envelope = await book.publish(signup, SELO)
+        await eventually(lambda: runs == ["SELO"] and clock.sleepers > 0, 30)
+        await clock.advance(5)  # the first try times out; the command is sent again
+        await clock.advance(0.2)  # after the retry's backoff
+        await eventually(lambda: clock.sleepers > 0, 30)  # the second try is waiting
+        release.set()
+        record, steps = await finished(book, f"slow:{envelope.id}")
+    assert runs == ["SELO"], "the re-sent command ran the method again"
+    assert record.state == "completed"
+    assert summary(steps) == [("step", "BankService.create_account", "done")]
+    assert steps[0].attempts == 2

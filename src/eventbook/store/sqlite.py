@@ -5,9 +5,10 @@ applies here too), and the tables are prefixed `eb_saga` so one file can hold
 both. As in the broker, SQLite is called on the event loop thread (a statement
 takes microseconds; a hop to a thread costs more) with a busy timeout of a few
 milliseconds, and a lock another process holds is waited for asynchronously.
-Every operation is one transaction; writes take the write lock up front (BEGIN
-IMMEDIATE), so an ownership check and the write it guards cannot be split by
-another process's claim.
+Writes take the write lock up front (BEGIN IMMEDIATE), so an ownership check and
+the write it guards cannot be split by another process's claim; the writes of one
+loop turn share a commit (group commit, as the broker's: sagas that advance together
+pay for one commit, not one each), and a write whose check fails fails alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..brokers.sqlite.settings import SqliteSettings
-from ..brokers.sqlite.writer import is_lock_error
+from ..brokers.sqlite.writer import Writer, is_lock_error
 from ..errors import StoreError
 from . import sqlite_schema as schema
 from .base import (
@@ -47,6 +48,7 @@ class SqliteSagaStore(SagaStore):
         self.url = url
         self.settings = SqliteSettings.from_url(url)
         self._db: sqlite3.Connection | None = None
+        self._writer: Writer | None = None
 
     async def open(self) -> None:
         if self._db is not None:
@@ -68,6 +70,7 @@ class SqliteSagaStore(SagaStore):
             self._db = None
             db.close()
             raise
+        self._writer = Writer(db, error=lambda exc: StoreError(f"saga store {self.url}: {exc}"))
 
     def _pragmas(self, db: sqlite3.Connection) -> None:
         db.execute(f"PRAGMA synchronous={self.settings.durability.upper()}")
@@ -80,6 +83,7 @@ class SqliteSagaStore(SagaStore):
         if self._db is not None:
             self._db.close()
             self._db = None
+            self._writer = None
 
     async def create(self, record: SagaRecord) -> bool:
         check_state(record.state)
@@ -96,7 +100,7 @@ class SqliteSagaStore(SagaStore):
             record.lease_until,
             record.error,
         )
-        return await self._run(lambda db: schema.insert_saga(db, row))
+        return await self._write(lambda db: schema.insert_saga(db, row))
 
     async def get(self, saga_id: str) -> tuple[SagaRecord, list[StepRecord]] | None:
         return await self._run(lambda db: schema.get(db, saga_id), transaction="BEGIN")
@@ -107,7 +111,7 @@ class SqliteSagaStore(SagaStore):
         if limit <= 0 or (names is not None and not names):
             return []
         chosen = None if names is None else list(names)
-        return await self._run(
+        return await self._write(
             lambda db: schema.claim(db, owner, time.time(), lease, limit, chosen)
         )
 
@@ -124,10 +128,10 @@ class SqliteSagaStore(SagaStore):
                 ).rowcount
             ]
 
-        return await self._run(renew)
+        return await self._write(renew)
 
     async def release(self, owner: str, saga_ids: Sequence[str]) -> None:
-        await self._run(
+        await self._write(
             lambda db: db.executemany(
                 "UPDATE eb_sagas SET owner = NULL, lease_until = 0 WHERE id = ? AND owner = ?",
                 [(saga_id, owner) for saga_id in saga_ids],
@@ -157,7 +161,7 @@ class SqliteSagaStore(SagaStore):
                 row,
             )
 
-        await self._run(put)
+        await self._write(put)
 
     async def set_state(
         self, owner: str, saga_id: str, state: SagaState, error: str | None = None
@@ -175,7 +179,7 @@ class SqliteSagaStore(SagaStore):
                 (state, error, now, saga_id),
             )
 
-        await self._run(set_state)
+        await self._write(set_state)
 
     async def force_state(self, saga_id: str, state: SagaState, error: str | None = None) -> None:
         check_state(state)
@@ -189,13 +193,16 @@ class SqliteSagaStore(SagaStore):
             if not changed:
                 raise StoreError(f"there is no saga {saga_id!r}")
 
-        await self._run(force)
+        await self._write(force)
 
     async def command_result(self, key: str) -> tuple[bool, Any]:
         return await self._run(lambda db: schema.command_result(db, key), transaction=None)
 
     async def save_command_result(self, key: str, result: Any) -> bool:
         text = to_json(result, "command result")
+        # At once, in a transaction of its own rather than with the next group commit:
+        # the participant's effect has happened, and until this commits, a crash makes
+        # the step run again; no other work of this process may come in between.
         return await self._run(
             lambda db: (
                 db.execute(
@@ -205,6 +212,18 @@ class SqliteSagaStore(SagaStore):
                 == 1
             )
         )
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in this loop turn's write transaction; see `brokers/sqlite/writer.py`."""
+        if self._writer is None:
+            raise StoreError(f"the saga store {self.url} is not open")
+        try:
+            async with asyncio.timeout(LOCK_PATIENCE):
+                return await self._writer(work)
+        except TimeoutError:
+            raise StoreError(
+                f"saga store {self.url}: still locked by another process after {LOCK_PATIENCE:g}s"
+            ) from None
 
     async def _run(
         self, work: Callable[[sqlite3.Connection], T], transaction: str | None = "BEGIN IMMEDIATE"

@@ -1,10 +1,15 @@
 """Group commit: the writes asked for in one turn of the event loop share one transaction.
 
 A hundred concurrent publishes cost one commit, not a hundred; so do the acks of
-handlers that finish together. SQLite is called on the event loop thread (a
-statement takes microseconds, a hop to a worker thread far more); the write lock
-is awaited without blocking the loop: a short busy timeout inside SQLite, then an
+handlers that finish together, and the journal writes of sagas that advance
+together. SQLite is called on the event loop thread (a statement takes
+microseconds, a hop to a worker thread far more); the write lock is awaited
+without blocking the loop: a short busy timeout inside SQLite, then an
 asynchronous back-off.
+
+A job runs again from the start when its transaction could not commit, so it
+must only touch the database. A job that raises (a check of its own failed) fails
+alone: the transaction is rolled back and the other jobs run again without it.
 """
 
 from __future__ import annotations
@@ -31,8 +36,15 @@ def is_lock_error(exc: sqlite3.Error) -> bool:
 class Writer:
     """Runs write jobs in shared transactions on one connection."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        error: Callable[[sqlite3.Error], Exception] = lambda exc: BrokerError(
+            f"sqlite:// broker: {exc}"
+        ),
+    ) -> None:
         self._db = db
+        self._error = error
         self._jobs: list[tuple[Work, asyncio.Future[Any]]] = []
         self._scheduled = False
         self._backoff = _FIRST_BACKOFF
@@ -69,7 +81,11 @@ class Writer:
                 db.execute("ROLLBACK")
             if is_lock_error(exc):
                 return await self(work)
-            raise BrokerError(f"sqlite:// broker: {exc}") from None
+            raise self._error(exc) from None
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
         return result
 
     def _flush(self) -> None:
@@ -79,9 +95,11 @@ class Writer:
             self._scheduled = False
             return
         db = self._db
+        results: list[Any] = []
         try:
             db.execute("BEGIN IMMEDIATE")
-            results = [work(db) for work, _ in jobs]
+            for work, _ in jobs:
+                results.append(work(db))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -95,10 +113,20 @@ class Writer:
             self._scheduled = bool(self._jobs)
             if self._jobs:
                 asyncio.get_running_loop().call_soon(self._flush)
-            error = BrokerError(f"sqlite:// broker: {exc}")
+            error = self._error(exc)
             for _, done in jobs:
                 if not done.done():
                     done.set_exception(error)
+            return
+        except Exception as exc:
+            # The job that raised fails alone; the others run again, in a new transaction.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            failed = jobs[len(results)][1]
+            if not failed.done():
+                failed.set_exception(exc)
+            self._jobs = [job for job in jobs if job[1] is not failed] + self._jobs
+            asyncio.get_running_loop().call_soon(self._flush)
             return
         self._backoff = _FIRST_BACKOFF
         for (_, done), result in zip(jobs, results, strict=True):
