@@ -93,9 +93,8 @@ class Coordinator:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        # Step commands running here, by idempotency key: a copy re-sent while the
-        # first still runs (a step's timeout) waits for its answer instead of running.
-        self._running: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Step commands running here, by idempotency key (see `_execute`).
+        self._running: dict[str, asyncio.Event] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -262,24 +261,16 @@ class Coordinator:
 
     async def _execute(self, service: Service, command: dict[str, Any]) -> dict[str, Any]:
         key = str(command.get("key"))
-        running = self._running.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        self._running[key] = done = asyncio.get_running_loop().create_future()
+        # A copy re-sent while the first still runs here (a step's timeout) waits for it
+        # to end, then answers from its record like any copy sent again.
+        while (running := self._running.get(key)) is not None:
+            await running.wait()
+        self._running[key] = ended = asyncio.Event()
         try:
-            answer = await self._answer(service, key, command)
-        except asyncio.CancelledError:
-            done.cancel()
-            raise
-        except BaseException as exc:
-            done.set_exception(exc)
-            done.exception()  # retrieved: a copy that nobody waits for raises no warning
-            raise
-        else:
-            done.set_result(answer)
-            return answer
+            return await self._answer(service, key, command)
         finally:
             del self._running[key]
+            ended.set()
 
     async def _answer(self, service: Service, key: str, command: dict[str, Any]) -> dict[str, Any]:
         method = str(command.get("method"))

@@ -80,6 +80,8 @@ class SqliteSagaStore(SagaStore):
         db.execute("PRAGMA journal_mode=WAL")
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -105,6 +105,7 @@ class SqliteBroker:
                 topics = list(self._ephemeral)
                 with contextlib.suppress(BrokerError):
                     await self.write(lambda db: store.forget_topics(db, topics))
+            await self.write.close()  # the acks still queued, of handlers that finished
             self._db.close()
             self._db = None
             self._writer = None

@@ -49,7 +49,7 @@ class SqliteMessage:
             # cost more than the rest of its delivery. It commits with the batch's last
             # ack at the latest, and before the next handler gets past its first `await`.
             # Should the process die first, the event comes back: at-least-once, as ever.
-            consumer.settling(consumer.broker.write.submit(finish), self.event_id)
+            consumer.broker.write.defer(finish, "ack event %s of %s", self.event_id, consumer.group)
         else:
             # The batch's last: commit at once, nothing to wait for.
             await consumer.broker.write.now(finish)
@@ -83,7 +83,6 @@ class Consumer:
         self.in_flight: set[asyncio.Task[None]] = set()
         self.task: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
-        self.acks: set[asyncio.Future[None]] = set()  # queued, not yet committed
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"eventbook-consume-{self.group}")
@@ -111,8 +110,7 @@ class Consumer:
                 await self._idle()
                 continue
             messages = [SqliteMessage(self, *row) for row in rows]
-            for message in messages[:-1]:
-                message.followed = True
+            last = len(messages) - 1
             for index, message in enumerate(messages):
                 if self.concurrency > 1:
                     await self.slots.acquire()
@@ -122,6 +120,7 @@ class Consumer:
                     await self._release(messages[index:])
                     return
                 if self.concurrency == 1:
+                    message.followed = index < last
                     await self._deliver(message)  # in order, one at a time: no task needed
                     continue
                 task = asyncio.create_task(self._deliver_and_release(message))
@@ -135,18 +134,6 @@ class Consumer:
             # The delivery path settles bad input and failed handlers itself; what lands
             # here is the broker failing to settle. The lease runs out, the event comes back.
             log.exception("%s: could not settle event %s", self.group, message.event_id)
-
-    def settling(self, ack: asyncio.Future[None], event_id: str) -> None:
-        """Keep track of a queued ack until its commit, and say so if that failed."""
-        self.acks.add(ack)
-
-        def committed(ack: asyncio.Future[None]) -> None:
-            self.acks.discard(ack)
-            if not ack.cancelled() and ack.exception() is not None:
-                # The file is unwell; the event stays leased and comes back later.
-                log.error("%s: could not ack event %s: %s", self.group, event_id, ack.exception())
-
-        ack.add_done_callback(committed)
 
     async def _deliver_and_release(self, message: SqliteMessage) -> None:
         try:
@@ -187,7 +174,3 @@ class Consumer:
             if timeout > 0:
                 log.warning("drain: %d handlers still running after %gs", len(pending), timeout)
             await asyncio.wait(pending)
-        # The acks of the handlers that finished, before the connection closes.
-        acks = {ack for c in consumers for ack in c.acks}
-        if acks:
-            await asyncio.wait(acks)
